@@ -1,0 +1,111 @@
+"""The `convscope` command line. Each command is a plain typed function; its docstring is the help.
+
+Errors caused by input (ConvscopeError) print one line on stderr and exit with code 2, with no
+traceback; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConvscopeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train convolutional networks and see inside them while they train.")
+err = Console(stderr=True, highlight=False)
+console = Console(highlight=False)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ConvscopeError into one line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConvscopeError as exc:
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    from .errors import ConfigError
+
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[
+        str, typer.Option(help="mnist, fashion-mnist, or a folder of IDX files or class folders")
+    ] = "mnist",
+    data_root: Annotated[
+        str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="passes over the training set")] = 1,
+    lr: Annotated[float, typer.Option(help="learning rate (the peak lr for one-cycle)")] = 0.06,
+    bs: Annotated[int, typer.Option(help="batch size")] = 512,
+    bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm after each conv")] = True,
+    schedule: Annotated[str, typer.Option(help="one-cycle or constant")] = "one-cycle",
+    channels: Annotated[str, typer.Option(help="filters of the stride-2 convs, comma-separated")] = "8,16,32,64",
+    seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
+    name: Annotated[str | None, typer.Option(help="run folder name (default: time and dataset)")] = None,
+) -> None:
+    """Train the book's simple CNN and write a run folder (config, metrics, steps, checkpoint)."""
+    from .config import TrainConfig
+    from .experiment import train as run_training
+
+    cfg = TrainConfig(dataset=dataset, data_root=data_root, epochs=epochs, lr=lr, bs=bs, bn=bn,
+                      schedule=schedule, channels=parse_ints(channels, "--channels"), seed=seed,
+                      device=device, out=out, name=name)
+    result = run_training(cfg, progress=sys.stderr.isatty())
+    table = Table(title=f"run {result.run_dir}")
+    for col in ("epoch", "train_loss", "valid_loss", "accuracy", "seconds"):
+        table.add_column(col, justify="right")
+    for row in result.metrics:
+        table.add_row(str(row["epoch"] + 1), *(f"{row.get(k, float('nan')):.4f}" for k in
+                                                ("train_loss", "valid_loss", "accuracy")),
+                      f"{row['seconds']:.1f}")
+    console.print(table)
+    console.print(f"run written to {result.run_dir}")
+
+
+@app.command()
+@user_errors
+def summary(
+    channels: Annotated[str, typer.Option(help="filters of the stride-2 convs, comma-separated")] = "8,16,32,64",
+    first_kernel: Annotated[int, typer.Option(help="kernel size of the first conv")] = 5,
+    bn: Annotated[bool, typer.Option("--bn/--no-bn")] = True,
+    input_size: Annotated[int, typer.Option(help="height and width of the input images")] = 28,
+    in_channels: Annotated[int, typer.Option(help="1 for grayscale, 3 for RGB")] = 1,
+) -> None:
+    """Per layer: output shape, parameters, multiply-accumulates and receptive field."""
+    from .models.cnn import simple_cnn
+    from .models.summary import summary as model_summary
+
+    model = simple_cnn(channels=parse_ints(channels, "--channels"), in_channels=in_channels,
+                       first_kernel=first_kernel, bn=bn)
+    console.print(str(model_summary(model, (in_channels, input_size, input_size))))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Settings of a training run, validated when they are made (so a bad value fails before any work)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+SCHEDULES = ("one-cycle", "constant")
+KNOWN_DATASETS = ("mnist", "fashion-mnist")
+
+
+@dataclass
+class TrainConfig:
+    """What `convscope train` runs. Defaults are the fastai book's: simple_cnn + BatchNorm, bs 512,
+    fit_one_cycle(1, 0.06)."""
+
+    dataset: str = "mnist"  # "mnist", "fashion-mnist", or a folder of IDX files / class sub-folders
+    data_root: str | None = None  # where to look for the dataset files (else CONVSCOPE_DATA, cache, download)
+    epochs: int = 1
+    lr: float = 0.06
+    bs: int = 512
+    bn: bool = True
+    schedule: str = "one-cycle"
+    pct_start: float = 0.25
+    wd: float = 0.01
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    first_kernel: int = 5
+    seed: int = 42
+    device: str = "auto"
+    out: str = "runs"
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.bs, int) or self.bs < 1:
+            raise ConfigError(f"bs (batch size) must be a whole number >= 1, got {self.bs!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 < self.pct_start < 1:
+            raise ConfigError(f"pct_start must be in (0, 1), got {self.pct_start!r}")
+        if not (math.isfinite(self.wd) and self.wd >= 0):
+            raise ConfigError(f"wd (weight decay) must be >= 0, got {self.wd!r}")
+        self.channels = tuple(self.channels)
+        if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
+            raise ConfigError(f"channels must be whole numbers >= 1, got {self.channels!r}")
+        if not isinstance(self.first_kernel, int) or self.first_kernel < 1:
+            raise ConfigError(f"first_kernel must be a whole number >= 1, got {self.first_kernel!r}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+            raise ConfigError(f"run name {self.name!r} must be a plain folder name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,143 @@
+"""The fastai book's chapter-13 CNN, with readable layer names.
+
+Layer naming (every name works with `model.get_submodule`):
+
+    simple_cnn(...)            nn.Sequential
+      conv1 .. convN           one `conv_block` each (N = len(channels) + 1; the last maps to n_classes)
+        conv                   nn.Conv2d
+        act                    nn.ReLU        (absent in the last block, and whenever act=False)
+        bn                     nn.BatchNorm2d (absent when bn=False)
+      flatten                  nn.Flatten
+
+so the first convolution is "conv1.conv", the last batch norm "conv5.bn", and a stats hook can print
+names that say where in the network a number comes from instead of "0.0".
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from convscope.errors import ConfigError
+
+__all__ = ["MODELS", "conv_block", "create_model", "simple_cnn"]
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    """Raise ConfigError unless `value` is an int > 0 (bools are rejected: True is not a channel count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def conv_block(
+    ni: int,
+    nf: int,
+    ks: int = 3,
+    stride: int = 2,
+    bn: bool = True,
+    act: bool = True,
+    bn_first: bool = False,
+) -> nn.Sequential:
+    """One convolution block, the book's `conv`: Conv2d, then ReLU and/or BatchNorm2d.
+
+    Args:
+        ni: input channels.
+        nf: output channels (number of filters).
+        ks: kernel size; padding is `ks // 2`, so an odd kernel with stride 1 keeps the grid size and
+            with stride 2 halves it (rounding up). An even kernel is allowed, but `ks // 2` then pads one
+            pixel more than the kernel is wide around its centre, so the output grid is one larger
+            (e.g. 28 -> 15 for ks=4, stride=2) and shifted by half a pixel.
+        stride: convolution stride (2 halves the grid, as in the book).
+        bn: append BatchNorm2d(nf). The conv keeps its bias even then, as the book does, so parameter
+            counts match the book; the bias is redundant in front of a BN but harmless.
+        act: include a ReLU (the book drops it on the last layer, whose outputs are logits).
+        bn_first: False gives the book's order Conv -> ReLU -> BN; True gives Conv -> BN -> ReLU.
+
+    Returns:
+        nn.Sequential with children named "conv", then "act"/"bn" in the chosen order.
+    """
+    for name, value in (("ni", ni), ("nf", nf), ("ks", ks), ("stride", stride)):
+        _check_positive_int(name, value)
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv", nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2)),
+    ]
+    post: list[tuple[str, nn.Module]] = []
+    if act:
+        post.append(("act", nn.ReLU()))
+    if bn:
+        post.append(("bn", nn.BatchNorm2d(nf)))
+    if bn_first:
+        post.reverse()
+    return nn.Sequential(OrderedDict(layers + post))
+
+
+def simple_cnn(
+    channels: Sequence[int] = (8, 16, 32, 64),
+    n_classes: int = 10,
+    in_channels: int = 1,
+    first_kernel: int = 5,
+    bn: bool = True,
+    bn_first: bool = False,
+) -> nn.Sequential:
+    """The book's `simple_cnn`: stride-2 conv blocks that double the filters as the grid halves.
+
+    With the defaults and a 1x28x28 input the grids are 14, 7, 4, 2, 1 and the channels 8, 16, 32, 64, 10,
+    so `flatten` yields [batch, n_classes] logits. The first kernel is 5x5 (not 3x3) so that each output
+    position sees 25 input pixels for its 8 channels: with 3x3 it would see 9 pixels for 8 channels and
+    could do little more than reshuffle them. The last block has no ReLU (its outputs are logits) but
+    keeps its BatchNorm when `bn` is set, as in the book.
+
+    Args:
+        channels: filters of the hidden blocks; one block per entry, plus a final block to n_classes.
+        n_classes: outputs of the last block.
+        in_channels: channels of the input images (1 for MNIST, 3 for RGB).
+        first_kernel: kernel size of the first block; see `conv_block` for even sizes.
+        bn: use BatchNorm2d in every block.
+        bn_first: block order Conv -> BN -> ReLU instead of the book's Conv -> ReLU -> BN.
+
+    Raises:
+        ConfigError: empty `channels` or a non-positive size.
+    """
+    channels = tuple(channels)
+    if not channels:
+        raise ConfigError("channels must name at least one hidden layer, got an empty sequence")
+    for i, c in enumerate(channels):
+        _check_positive_int(f"channels[{i}]", c)
+    _check_positive_int("n_classes", n_classes)
+    _check_positive_int("in_channels", in_channels)
+    _check_positive_int("first_kernel", first_kernel)
+
+    sizes = (in_channels, *channels)
+    blocks: list[tuple[str, nn.Module]] = []
+    for i, (ni, nf) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        ks = first_kernel if i == 0 else 3
+        blocks.append((f"conv{i + 1}", conv_block(ni, nf, ks=ks, bn=bn, bn_first=bn_first)))
+    last = conv_block(channels[-1], n_classes, ks=3, bn=bn, act=False, bn_first=bn_first)
+    blocks.append((f"conv{len(channels) + 1}", last))
+    blocks.append(("flatten", nn.Flatten()))
+    return nn.Sequential(OrderedDict(blocks))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"simple_cnn": simple_cnn}
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a registered model by name, e.g. `create_model("simple_cnn", channels=(16, 32))`.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones) or bad keyword arguments.
+    """
+    if name not in MODELS:
+        known = ", ".join(sorted(MODELS))
+        raise ConfigError(f"unknown model {name!r}; known models: {known}")
+    factory = MODELS[name]
+    # Bind first, so a misspelt option from a config file is a ConfigError while a TypeError raised
+    # inside the factory (a bug) keeps its traceback.
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad arguments for model {name!r}: {e}") from e
+    return factory(**kwargs)

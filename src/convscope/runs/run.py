@@ -1,0 +1,40 @@
+"""load_run: open a finished (or interrupted) run in any process, without the model or a GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunError
+from .store import read_json, read_jsonl, read_npz
+
+
+@dataclass
+class Run:
+    """Everything a run directory holds, as plain Python and numpy."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    steps: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.metrics[-1].get("accuracy") if self.metrics else None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory written by `convscope train` or `convscope.watch`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run folder {path} does not exist; pass the folder that `convscope train` printed")
+    return Run(
+        path=path,
+        config=read_json(path / "config.json"),
+        metrics=read_jsonl(path / "metrics.jsonl"),
+        steps=read_npz(path / "steps.npz"),
+    )

@@ -1,0 +1,310 @@
+"""The training loop: a model, data, a loss, an optimizer, and events that callbacks plug into.
+
+The loop knows no concrete callback except the Recorder it always adds (and, for `fit_one_cycle`, the
+scheduler that drives the 1cycle curves). Everything else -- statistics, progress bars, run files --
+listens to the events in `events.EVENTS`.
+
+Host-device syncs are the enemy of a fast GPU loop, so the hot path (`_train_batch`) does none: losses
+stay tensors, metrics are summed on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .callback import Callback
+from .events import (
+    EVENTS,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidateException,
+)
+from .metrics import accuracy
+from .recorder import Recorder
+
+OptFactory = Callable[..., torch.optim.Optimizer]
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, wd: float = 0.01) -> torch.optim.Optimizer:
+    """fastai's default optimizer: Adam with decoupled weight decay, beta2 0.99, eps 1e-5.
+
+    The fused kernel is used where this torch supports it for the parameters' device (it is the
+    fastest implementation on both CPU and CUDA); the result is the same update.
+    """
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=wd, fused=fused)
+
+
+def sgd(params: Iterable[torch.nn.Parameter], lr: float, wd: float = 0.0) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9; `fit_one_cycle` cycles the momentum."""
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+
+
+OPTIMIZERS: dict[str, OptFactory] = {"adamw": adamw, "adam": adamw, "sgd": sgd}
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:  # also catches NaN
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+class Learner:
+    """Trains `model` on `train_data`, validates on `valid_data`, and fires events for callbacks.
+
+    `train_data` / `valid_data` are iterables of `(xb, yb)` batches with a length: a
+    `convscope.data.DeviceBatches` (fast, data on the device) or any `torch.utils.data.DataLoader`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        valid_data: Any = None,
+        loss_func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+        opt_func: OptFactory | str = "adamw",
+        lr: float = 1e-3,
+        wd: float = 0.01,
+        metrics: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (accuracy,),
+        cbs: Sequence[Callback] = (),
+        device: str | torch.device | None = None,
+    ) -> None:
+        check_positive("lr", lr)
+        if isinstance(opt_func, str):
+            if opt_func not in OPTIMIZERS:
+                raise ConfigError(f"unknown optimizer {opt_func!r}; choose one of {sorted(OPTIMIZERS)}")
+            opt_func = OPTIMIZERS[opt_func]
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.train_data, self.valid_data = train_data, valid_data
+        self.loss_func, self.opt_func, self.lr, self.wd = loss_func, opt_func, lr, wd
+        self.metrics = list(metrics)
+        self.opt: torch.optim.Optimizer | None = None
+        self.cbs: list[Callback] = []
+        self.training = False
+        self.exception: BaseException | None = None
+        self.train_iter = 0  # optimizer steps taken over the learner's life
+        self.epoch = 0
+        self.n_epochs = 0
+        self.valid_results: dict[str, float] = {}
+        self.add_cbs([Recorder(), *cbs])
+
+    # ----------------------------------------------------------------- callbacks
+    def add_cb(self, cb: Callback) -> Callback:
+        """Attach `cb` and make it reachable as `self.<cb.name>`."""
+        existing = getattr(self, cb.name, None)
+        if existing is not None and not isinstance(existing, Callback):
+            raise ConfigError(f"callback name {cb.name!r} clashes with a Learner attribute; rename the class")
+        if isinstance(existing, Callback) and existing in self.cbs:
+            self.remove_cb(existing)
+        cb.learn = self
+        self.cbs.append(cb)
+        setattr(self, cb.name, cb)
+        return cb
+
+    def add_cbs(self, cbs: Iterable[Callback]) -> None:
+        for cb in cbs:
+            self.add_cb(cb)
+
+    def remove_cb(self, cb: Callback) -> None:
+        """Stop sending events to `cb`; it stays reachable by name until another takes the name."""
+        self.cbs.remove(cb)
+
+    def _build_handlers(self) -> None:
+        # Only overridden methods are called: a no-op call per callback per event per batch adds up.
+        ordered = sorted(self.cbs, key=lambda c: c.order)  # stable: ties keep insertion order
+        self._handlers = {
+            ev: [getattr(cb, ev) for cb in ordered if getattr(type(cb), ev) is not getattr(Callback, ev)]
+            for ev in EVENTS
+        }
+
+    def __call__(self, event: str) -> None:
+        for handler in self._handlers[event]:
+            handler()
+
+    # ----------------------------------------------------------------- optimizer
+    def create_opt(self) -> None:
+        self.opt = self.opt_func(self.model.parameters(), lr=self.lr, wd=self.wd)
+
+    def set_hyper(self, name: str, value: float) -> None:
+        """Set 'lr', 'mom' (Adam's beta1 or SGD's momentum) or 'wd' on every parameter group."""
+        assert self.opt is not None
+        for group in self.opt.param_groups:
+            if name == "lr":
+                group["lr"] = value
+            elif name == "mom":
+                if "betas" in group:
+                    group["betas"] = (value, group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = value
+            elif name == "wd":
+                group["weight_decay"] = value
+            else:
+                raise ConfigError(f"unknown hyper-parameter {name!r}; use 'lr', 'mom' or 'wd'")
+
+    def get_hyper(self, name: str) -> float:
+        assert self.opt is not None
+        group = self.opt.param_groups[0]
+        if name == "mom":
+            return float(group["betas"][0]) if "betas" in group else float(group.get("momentum", 0.0))
+        return float(group["weight_decay"] if name == "wd" else group[name])
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self, n_epochs: int, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
+        """Train for `n_epochs` at a constant `lr` (or the learner's `lr`).
+
+        `cbs` are attached for this fit only; afterwards they stay reachable by name.
+        """
+        if not isinstance(n_epochs, int) or n_epochs < 1:
+            raise ConfigError(f"n_epochs must be a whole number >= 1, got {n_epochs!r}")
+        if lr is not None:
+            check_positive("lr", lr)
+            self.lr = lr
+        if len(self.train_data) == 0:
+            raise ConfigError("the training data yields no batch: is the batch size larger than the data?")
+        if self.opt is None:
+            self.create_opt()
+        self.set_hyper("lr", self.lr)
+        self.n_epochs = n_epochs
+        self.n_iter = len(self.train_data)
+        temporary = list(cbs)
+        self.add_cbs(temporary)
+        self._build_handlers()
+        self.exception = None
+        try:
+            self("before_fit")
+            for epoch in range(n_epochs):
+                self.epoch = epoch
+                self._do_epoch()
+        except CancelFitException:
+            self("after_cancel_fit")
+        except BaseException as exc:  # KeyboardInterrupt too: callbacks must still clean up
+            self.exception = exc
+            raise
+        finally:
+            # after_fit always runs (self.exception tells callbacks whether fit failed), so hooks are
+            # removed and files flushed whatever happened.
+            try:
+                self("after_fit")
+            finally:
+                for cb in temporary:
+                    if cb in self.cbs:
+                        self.remove_cb(cb)
+                self.training = False
+
+    def fit_one_cycle(
+        self,
+        n_epochs: int,
+        lr_max: float,
+        pct_start: float = 0.25,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+        cbs: Sequence[Callback] = (),
+    ) -> None:
+        """Leslie Smith's 1cycle: warm up from lr_max/div, train at lr_max, anneal to lr_max/div_final.
+
+        Both phases follow cosine curves; the momentum moves the other way (high, low, high).
+        """
+        from ..schedules.scheduler import ParamScheduler, one_cycle_schedules
+
+        check_positive("lr_max", lr_max)
+        scheds = one_cycle_schedules(lr_max, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
+        self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs])
+
+    def _do_epoch(self) -> None:
+        try:
+            self("before_epoch")
+            self._do_train()
+            if self.valid_data is not None:
+                self.validate_epoch()
+        except CancelEpochException:
+            self("after_cancel_epoch")
+        self("after_epoch")
+
+    def _do_train(self) -> None:
+        self.training = True
+        self.model.train()
+        self.dl = self.train_data
+        try:
+            self("before_train")
+            for i, (xb, yb) in enumerate(self.train_data):
+                self.iter = i
+                self.xb, self.yb = self._to_device(xb), self._to_device(yb)
+                self._train_batch()
+        except CancelTrainException:
+            self("after_cancel_train")
+        self("after_train")
+
+    def _train_batch(self) -> None:
+        try:
+            self("before_batch")
+            self.pred = self.model(self.xb)
+            self("after_pred")
+            self.loss = self.loss_func(self.pred, self.yb)
+            self("after_loss")
+            self("before_backward")
+            self.loss.backward()
+            self("after_backward")
+            self("before_step")
+            self.opt.step()
+            self.train_iter += 1
+            self("after_step")
+            self.opt.zero_grad(set_to_none=True)
+        except CancelBatchException:
+            self("after_cancel_batch")
+        self("after_batch")
+
+    def validate_epoch(self) -> None:
+        """Evaluate on `valid_data`, firing before/after_validate; results land in `valid_results`."""
+        self.training = False
+        self.dl = self.valid_data
+        try:
+            self("before_validate")
+            self.valid_results = self.validate()
+        except CancelValidateException:
+            self("after_cancel_validate")
+        self("after_validate")
+
+    def validate(self, data: Any = None) -> dict[str, float]:
+        """Mean loss and metrics over `data` (default: the validation data), weighted by batch size."""
+        data = self.valid_data if data is None else data
+        was_training = self.model.training
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        totals = [torch.zeros((), device=self.device) for _ in self.metrics]
+        count = 0
+        with torch.inference_mode():
+            for xb, yb in data:
+                xb, yb = self._to_device(xb), self._to_device(yb)
+                pred = self.model(xb)
+                n = yb.shape[0]
+                total_loss += self.loss_func(pred, yb) * n
+                for i, metric in enumerate(self.metrics):
+                    totals[i] += metric(pred, yb) * n
+                count += n
+        self.model.train(was_training)
+        if count == 0:
+            raise ConfigError("the validation data yields no batch")
+        values = torch.stack([total_loss, *totals]).div(count).tolist()  # the one host read
+        return {"valid_loss": values[0], **{m.__name__: v for m, v in zip(self.metrics, values[1:])}}
+
+    def _to_device(self, t: Any) -> Any:
+        return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def pct_train(self) -> float:
+        """Fraction of this fit's training steps done, in [0, 1)."""
+        done = self.epoch * self.n_iter + getattr(self, "iter", 0)
+        return done / max(1, self.n_epochs * self.n_iter)

@@ -1,0 +1,85 @@
+"""Recorder: what happened at each step (loss, lr, momentum) and each epoch (losses, metrics, time).
+
+Step losses are kept as device tensors and copied to the host once per epoch, so recording costs no
+host-device sync in the training step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .callback import Callback
+
+
+class Recorder(Callback):
+    """Always attached to a Learner; reachable as `learn.recorder`."""
+
+    order = 50  # after the schedulers (which set lr/mom in before_batch), before run writers
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[float]] = {"step": [], "epoch": [], "loss": [], "lr": [], "mom": []}
+        self.epochs: list[dict[str, float]] = []
+        self._pending_losses: list[torch.Tensor] = []
+
+    def before_epoch(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._pending_losses = []
+
+    def after_batch(self) -> None:
+        if not self.learn.training or not hasattr(self.learn, "loss"):
+            return
+        learn = self.learn
+        self._pending_losses.append(learn.loss.detach())
+        self.steps["step"].append(learn.train_iter)
+        self.steps["epoch"].append(learn.epoch)
+        self.steps["lr"].append(learn.get_hyper("lr"))
+        self.steps["mom"].append(learn.get_hyper("mom"))
+
+    def after_train(self) -> None:
+        self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        if self._pending_losses:
+            self.steps["loss"].extend(torch.stack(self._pending_losses).float().cpu().tolist())
+            self._pending_losses = []
+
+    def after_epoch(self) -> None:
+        self._flush_losses()
+        epoch_losses = [loss for loss, ep in zip(self.steps["loss"], self.steps["epoch"]) if ep == self.learn.epoch]
+        row = {
+            "epoch": self.learn.epoch,
+            "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+            **self.learn.valid_results,
+            "seconds": time.perf_counter() - self._epoch_start,
+        }
+        self.epochs.append(row)
+
+    def after_fit(self) -> None:
+        self._flush_losses()  # a crashed or cancelled fit still keeps its step losses
+
+    # ----------------------------------------------------------------- views
+    def step_arrays(self) -> dict[str, np.ndarray]:
+        """Per-step arrays, as saved in steps.npz."""
+        n = len(self.steps["loss"])  # steps whose loss reached the host
+        return {
+            "step": np.asarray(self.steps["step"][:n], dtype=np.int64),
+            "epoch": np.asarray(self.steps["epoch"][:n], dtype=np.int64),
+            "loss": np.asarray(self.steps["loss"][:n], dtype=np.float32),
+            "lr": np.asarray(self.steps["lr"][:n], dtype=np.float64),
+            "mom": np.asarray(self.steps["mom"][:n], dtype=np.float64),
+        }
+
+    @property
+    def losses(self) -> np.ndarray:
+        return self.step_arrays()["loss"]
+
+    @property
+    def lrs(self) -> np.ndarray:
+        return self.step_arrays()["lr"]
+
+    @property
+    def moms(self) -> np.ndarray:
+        return self.step_arrays()["mom"]

@@ -1,0 +1,83 @@
+"""Shared fixtures for the data tests: the real MNIST / Fashion-MNIST files and an isolated environment.
+
+The real files live in `shared/data` beside the repository (override with CONVSCOPE_TEST_DATA). Tests
+that need them are skipped, with the reason, when they are absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convscope.data import read_mnist_pair
+
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _data_root() -> Path:
+    env = os.environ.get("CONVSCOPE_TEST_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding mnist/ and fashion-mnist/ with the real published .gz files."""
+    root = _data_root()
+    if not root.is_dir():
+        pytest.skip(f"real test data not found at {root}; set CONVSCOPE_TEST_DATA to the shared/data folder")
+    return root
+
+
+def _dataset_dir(data_root: Path, name: str) -> Path:
+    folder = data_root / name
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        pytest.skip(f"{folder} lacks {', '.join(missing)}; set CONVSCOPE_TEST_DATA to the shared/data folder")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(data_root: Path) -> Path:
+    return _dataset_dir(data_root, "mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(data_root: Path) -> Path:
+    return _dataset_dir(data_root, "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST t10k images [10000, 28, 28] uint8 and labels [10000] int64."""
+    return read_mnist_pair(mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(scope="session")
+def raw_labels(mnist_dir: Path) -> bytes:
+    """Uncompressed bytes of the real t10k labels file (8-byte header + 10000 labels)."""
+    return gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+
+
+@pytest.fixture(scope="session")
+def raw_images(mnist_dir: Path) -> bytes:
+    """Uncompressed bytes of the real t10k images file (16-byte header + 10000 x 28 x 28)."""
+    return gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes())
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point the user cache at a fresh folder and hide any CONVSCOPE_DATA, so no test touches ~/.cache."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(cache))
+    monkeypatch.delenv("CONVSCOPE_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    return cache
