@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RunError
+from ..stats.data import ActivationStatsData
 from .store import read_json, read_jsonl, read_npz
 
 
@@ -21,6 +22,20 @@ class Run:
     metrics: list[dict[str, Any]]
     steps: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def activation_stats(self) -> ActivationStatsData:
+        """The recorded activation statistics (stats.npz), with the same API as `learn.activation_stats`."""
+        if "activation_stats" not in self.extra:
+            path = self.path / "stats.npz"
+            if not path.exists():
+                raise RunError(f"{self.path} has no stats.npz: train with ActivationStats to record statistics")
+            self.extra["activation_stats"] = ActivationStatsData.load(path)
+        return self.extra["activation_stats"]
+
+    @property
+    def has_stats(self) -> bool:
+        return (self.path / "stats.npz").exists()
 
     @property
     def final_accuracy(self) -> float | None:

@@ -222,6 +222,12 @@ class Learner:
         scheds = one_cycle_schedules(lr_max, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
         self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs])
 
+    def lr_find(self, **kwargs: Any) -> Any:
+        """Learning-rate range test; see `convscope.schedules.lr_finder.lr_find` for the arguments."""
+        from ..schedules.lr_finder import lr_find
+
+        return lr_find(self, **kwargs)
+
     def _do_epoch(self) -> None:
         try:
             self("before_epoch")

@@ -28,12 +28,15 @@ class Recorder(Callback):
         self._epoch_start = time.perf_counter()
         self._pending_losses = []
 
+    def before_batch(self) -> None:
+        self._step = self.learn.train_iter  # 0-based index of the optimizer step this batch makes
+
     def after_batch(self) -> None:
         if not self.learn.training or not hasattr(self.learn, "loss"):
             return
         learn = self.learn
         self._pending_losses.append(learn.loss.detach())
-        self.steps["step"].append(learn.train_iter)
+        self.steps["step"].append(self._step)
         self.steps["epoch"].append(learn.epoch)
         self.steps["lr"].append(learn.get_hyper("lr"))
         self.steps["mom"].append(learn.get_hyper("mom"))

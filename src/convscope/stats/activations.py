@@ -1,0 +1,122 @@
+"""ActivationStats: the Learner callback that records per-layer statistics while training.
+
+    learn = Learner(model, train, valid, cbs=[ActivationStats()])
+    learn.fit_one_cycle(1, 0.06)
+    learn.activation_stats.mean          # [recorded steps, layers]
+    learn.activation_stats.color_dim("conv1.bn")
+
+Only training batches are recorded (hooks on during validation cost time and mix in eval-mode
+numbers). Hooks are put on in `before_fit` and always removed in `after_fit`, which the Learner runs
+even when training raises or is interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..train.callback import Callback
+from .collector import HistRange, StatsCollector, check_settings
+from .data import ActivationStatsData
+
+STATS_FILE = "stats.npz"
+
+
+class ActivationStats(Callback):
+    """Per recorded step and watched layer: mean, std, near-zero share, dead channels, histogram, and
+    the layer's gradient norm and update/weight ratio.
+
+    every:      record one training step in `every` (the rows recorded are exact, not estimates).
+    with_hist:  also record histograms (`bins` bins over `hist_range`; 'signed' = (-10, 10),
+                'adaptive' = per-layer range fixed from the first recorded batch).
+    modules:    None = every leaf module with parameters plus activation modules; or name patterns,
+                module types or modules.
+    max_rows:   bound on the rows kept; past it the rows are thinned evenly (see stats/buffer.py).
+    """
+
+    order = -20  # open the row before other callbacks run their before_batch
+
+    def __init__(self, every: int = 1, with_hist: bool = True, bins: int = 40,
+                 hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
+                 max_rows: int = 2048, grad_stats: bool = True) -> None:
+        check_settings(every, bins, hist_range)
+        self.settings = dict(every=every, with_hist=with_hist, bins=bins, hist_range=hist_range, modules=modules,
+                             max_rows=max_rows, grad_stats=grad_stats)
+        self.collector: StatsCollector | None = None
+        self._data: ActivationStatsData | None = None
+
+    # ----------------------------------------------------------------- events
+    def before_fit(self) -> None:
+        if self.collector is None or self.collector.model is not self.learn.model:
+            self.collector = StatsCollector(self.learn.model, **self.settings)
+        self.collector.attach()
+        self._data = None
+
+    def before_batch(self) -> None:
+        self.collector.begin_step(self.learn.train_iter, self.learn.training)
+
+    def after_backward(self) -> None:
+        self.collector.after_backward()
+
+    def before_step(self) -> None:
+        self.collector.before_update()
+
+    def after_step(self) -> None:
+        self.collector.after_update()
+
+    def after_batch(self) -> None:
+        self.collector.end_step()
+
+    def after_epoch(self) -> None:
+        self.collector.flush()
+
+    def after_fit(self) -> None:
+        if self.collector is not None:
+            self.collector.detach()
+            self.collector.flush()
+        self._data = None
+
+    # ----------------------------------------------------------------- results
+    @property
+    def data(self) -> ActivationStatsData:
+        if self.collector is None:
+            raise RuntimeError("ActivationStats has recorded nothing yet: fit the learner first")
+        if self._data is None or self._data.n_steps != self.collector.buffer.n_rows + len(
+                self.collector.buffer.block_steps):
+            self._data = self.collector.data()
+        return self._data
+
+    def save_to_run(self, run_dir: str | Path) -> None:
+        """Write stats.npz into a run folder (RunSaver calls this at every flush point)."""
+        if self.collector is not None:
+            self.data.save(Path(run_dir) / STATS_FILE)
+
+    # Same API as ActivationStatsData (and so as load_run(...).activation_stats).
+    layers = property(lambda self: self.data.layers)
+    steps = property(lambda self: self.data.steps)
+    mean = property(lambda self: self.data.mean)
+    std = property(lambda self: self.data.std)
+    near_zero = property(lambda self: self.data.near_zero)
+    dead = property(lambda self: self.data.dead)
+    hist = property(lambda self: self.data.hist)
+    hist_range = property(lambda self: self.data.hist_range)
+    grad_norm = property(lambda self: self.data.grad_norm)
+    update_ratio = property(lambda self: self.data.update_ratio)
+
+    def layer(self, layer: str | int) -> dict[str, np.ndarray]:
+        return self.data.layer(layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data.to_dict()
+
+    def plot_layer_stats(self, layer: str | int):
+        return self.data.plot_layer_stats(layer)
+
+    def color_dim(self, layer: str | int):
+        return self.data.color_dim(layer)
+
+    def plot_dead(self, layer: str | int):
+        return self.data.plot_dead(layer)

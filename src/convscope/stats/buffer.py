@@ -1,0 +1,81 @@
+"""Where statistics go while training: small device blocks, copied to bounded host storage.
+
+Each recorded step writes one row into a block of `block` rows that lives on the training device.
+When the block is full (or at an epoch end) it is copied to the host in one transfer: one host-device
+sync per `block` recorded steps instead of one per statistic per layer per step.
+
+Memory policy: the host keeps at most `max_rows` rows. When that is reached, every other row is dropped
+and the recording interval doubles, so the kept rows stay evenly spaced over the whole run, the most
+recent steps are always kept, and memory stays below max_rows * layers * (5*8 + 2*8 + 4*bins) bytes
+whatever the run's length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .compute import N_VALUES
+
+
+class StatsBuffer:
+    def __init__(self, n_layers: int, bins: int, device: torch.device, block: int = 64, max_rows: int = 2048):
+        if max_rows < 2 or max_rows % 2:
+            raise ValueError("max_rows must be an even number >= 2")
+        self.n_layers, self.bins, self.block, self.max_rows = n_layers, bins, block, max_rows
+        self.values = torch.zeros(block, n_layers, N_VALUES, dtype=torch.float64, device=device)
+        self.hist = torch.zeros(block, n_layers, bins, dtype=torch.float32, device=device)
+        self.grads = torch.full((block, n_layers, 2), float("nan"), dtype=torch.float32, device=device)
+        self.block_steps: list[int] = []
+        self.h_steps = np.zeros(max_rows, dtype=np.int64)
+        self.h_values = np.zeros((max_rows, n_layers, N_VALUES), dtype=np.float64)
+        self.h_hist = np.zeros((max_rows, n_layers, bins), dtype=np.float32)
+        self.h_grads = np.full((max_rows, n_layers, 2), np.nan, dtype=np.float32)
+        self.n_rows = 0
+        self.every = 1
+
+    def set_every(self, every: int) -> None:
+        self.every = every
+
+    def should_record(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def open_row(self, step: int) -> int:
+        """Start the row for `step`; returns its slot in the device block."""
+        if len(self.block_steps) == self.block:
+            self.flush()
+        slot = len(self.block_steps)
+        self.block_steps.append(step)
+        self.grads[slot].fill_(float("nan"))
+        return slot
+
+    def flush(self) -> None:
+        """Copy the filled part of the device block to the host (the one sync point)."""
+        k = len(self.block_steps)
+        if k == 0:
+            return
+        values = self.values[:k].cpu().numpy()
+        hist = self.hist[:k].cpu().numpy()
+        grads = self.grads[:k].cpu().numpy()
+        for j, step in enumerate(self.block_steps):
+            if step % self.every:  # recorded before the interval doubled
+                continue
+            if self.n_rows == self.max_rows:
+                self._halve()
+                if step % self.every:
+                    continue
+            r = self.n_rows
+            self.h_steps[r], self.h_values[r], self.h_hist[r], self.h_grads[r] = step, values[j], hist[j], grads[j]
+            self.n_rows += 1
+        self.block_steps = []
+
+    def _halve(self) -> None:
+        """Keep the rows whose step is a multiple of twice the interval; double the interval."""
+        self.every *= 2
+        keep = np.flatnonzero(self.h_steps[: self.n_rows] % self.every == 0)
+        for arr in (self.h_steps, self.h_values, self.h_hist, self.h_grads):
+            arr[: len(keep)] = arr[keep]
+        self.n_rows = len(keep)
+
+    def host_nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.h_steps, self.h_values, self.h_hist, self.h_grads))

@@ -1,0 +1,166 @@
+"""StatsCollector: hooks + statistics + buffers, driven step by step by a Learner callback or `watch`.
+
+Per recorded training step:
+    begin_step(step)          decide whether this step is recorded, open a buffer row
+    (forward pass)            hooks write each watched layer's activation statistics
+    after_backward()          per-layer gradient norms
+    before_update()/after_update()   per-layer |weight change| / |weight| across the optimizer step
+Nothing in that path reads a value back to the host; see buffer.py for when that happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .buffer import StatsBuffer
+from .compute import finish, layer_stats
+from .data import ActivationStatsData
+from .hooks import Hooks, select_modules
+
+HistRange = tuple[float, float] | str
+
+
+def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
+    if not isinstance(every, int) or every < 1:
+        raise ConfigError(f"every must be a whole number >= 1, got {every!r}")
+    if not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"bins must be a whole number >= 1, got {bins!r}")
+    if isinstance(hist_range, str):
+        if hist_range not in ("signed", "adaptive"):
+            raise ConfigError(f"hist_range must be (lo, hi), 'signed' or 'adaptive', got {hist_range!r}")
+    elif len(hist_range) != 2 or not hist_range[0] < hist_range[1]:
+        raise ConfigError(f"hist_range must be (lo, hi) with lo < hi, got {hist_range!r}")
+
+
+class StatsCollector:
+    def __init__(self, model: nn.Module, every: int = 1, with_hist: bool = True, bins: int = 40,
+                 hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
+                 max_rows: int = 2048, block: int = 64, grad_stats: bool = True) -> None:
+        check_settings(every, bins, hist_range)
+        self.model = model
+        self.named = select_modules(model, modules)
+        self.layers = [name for name, _ in self.named]
+        self.with_hist, self.bins, self.grad_stats = with_hist, bins, grad_stats
+        self.hist_range = hist_range
+        self.ranges = self._initial_ranges(hist_range)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows)
+        self.buffer.set_every(every)
+        self._params = self._layer_params()
+        self.slot = -1
+        self.hooks: Hooks | None = None
+
+    def _initial_ranges(self, hist_range: HistRange) -> list[tuple[float, float]] | None:
+        if hist_range == "adaptive":
+            return None  # fixed from the first recorded batch
+        lo, hi = (-10.0, 10.0) if hist_range == "signed" else (float(hist_range[0]), float(hist_range[1]))
+        return [(lo, hi)] * len(self.layers)
+
+    def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The layers' own parameters, flattened, and which layer each belongs to."""
+        params, owner = [], []
+        for i, (_, m) in enumerate(self.named):
+            for p in m.parameters(recurse=False):
+                if p.requires_grad:
+                    params.append(p)
+                    owner.append(i)
+        return params, torch.tensor(owner, dtype=torch.long)
+
+    # ----------------------------------------------------------------- lifecycle
+    def attach(self) -> None:
+        if self.hooks is None:
+            self.hooks = Hooks([m for _, m in self.named], self._hook)
+            device = self.buffer.values.device
+            self._owner = self._params[1].to(device)
+            self._has_params = torch.zeros(len(self.layers), dtype=torch.bool, device=device)
+            self._has_params[self._owner] = True
+
+    def detach(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
+        self.slot = -1
+
+    # ----------------------------------------------------------------- per step
+    def begin_step(self, step: int, training: bool = True) -> bool:
+        """Open a row if `step` is recorded; returns whether it is."""
+        self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
+        return self.slot >= 0
+
+    def _hook(self, i: int, module: nn.Module, inputs: Any, output: Any) -> None:
+        if self.slot < 0 or not isinstance(output, torch.Tensor):
+            return
+        if self.ranges is None:
+            self._fix_adaptive_ranges(i, output)
+            if self.ranges is None:
+                return
+        lo, hi = self.ranges[i]
+        hist = self.buffer.hist[self.slot, i] if self.with_hist else None
+        layer_stats(output, self.buffer.values[self.slot, i], hist, self.bins, lo, hi)
+
+    def _fix_adaptive_ranges(self, i: int, output: torch.Tensor) -> None:
+        # One host read, once per run: per-layer ranges from the first recorded batch, with headroom.
+        if not hasattr(self, "_pending_ranges"):
+            self._pending_ranges: dict[int, tuple[float, float]] = {}
+        lo, hi = (float(v) for v in torch.aminmax(output.detach().float()))
+        span = max(hi - lo, 1e-6)
+        self._pending_ranges[i] = (min(0.0, lo - 0.5 * span), max(hi + 0.5 * span, 1e-6))
+        if len(self._pending_ranges) == len(self.layers):
+            self.ranges = [self._pending_ranges[j] for j in range(len(self.layers))]
+        else:
+            lo, hi = self._pending_ranges[i]
+            hist = self.buffer.hist[self.slot, i] if self.with_hist else None
+            layer_stats(output, self.buffer.values[self.slot, i], hist, self.bins, lo, hi)
+
+    def after_backward(self) -> None:
+        if self.slot < 0 or not self.grad_stats or not self._params[0]:
+            return
+        params = self._params[0]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        self.buffer.grads[self.slot, :, 0] = self._per_layer_norm(torch._foreach_norm(grads))
+
+    def before_update(self) -> None:
+        if self.slot >= 0 and self.grad_stats and self._params[0]:
+            self._before = [p.detach().clone() for p in self._params[0]]
+
+    def after_update(self) -> None:
+        before = getattr(self, "_before", None)
+        if self.slot < 0 or before is None:
+            return
+        after = [p.detach() for p in self._params[0]]
+        delta = self._per_layer_norm(torch._foreach_norm(torch._foreach_sub(after, before)))
+        weight = self._per_layer_norm(torch._foreach_norm(before))
+        self.buffer.grads[self.slot, :, 1] = delta / weight
+        self._before = None
+
+    def _per_layer_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
+        """Combine per-tensor L2 norms into per-layer norms (NaN for layers without parameters)."""
+        sq = torch.stack(norms).float().pow(2)
+        out = torch.zeros(len(self.layers), device=sq.device).index_add_(0, self._owner, sq).sqrt()
+        return out.masked_fill_(~self._has_params, float("nan"))
+
+    def end_step(self) -> None:
+        self.slot = -1
+
+    # ----------------------------------------------------------------- results
+    def flush(self) -> None:
+        self.buffer.flush()
+
+    def data(self) -> ActivationStatsData:
+        self.flush()
+        b = self.buffer
+        n = b.n_rows
+        mean, std, near, dead = finish(b.h_values[:n])
+        ranges = self.ranges or [(0.0, 0.0)] * len(self.layers)
+        return ActivationStatsData(
+            layers=list(self.layers), steps=b.h_steps[:n].copy(), mean=mean, std=std, near_zero=near,
+            dead=dead, hist=b.h_hist[:n].copy(), hist_range=np.asarray(ranges, dtype=np.float64),
+            grad_norm=b.h_grads[:n, :, 0].astype(np.float64), update_ratio=b.h_grads[:n, :, 1].astype(np.float64),
+            every=b.every,
+        )

@@ -1,0 +1,108 @@
+"""ActivationStatsData: recorded statistics as numpy arrays, saved as stats.npz and loaded back.
+
+This is what `learn.activation_stats` and `load_run(path).activation_stats` both expose, so plots,
+diagnosis and reports work the same on a live learner and on a run finished in another process.
+Arrays are indexed [recorded step, layer] (and [..., bin] for histograms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RunError
+
+
+@dataclass
+class ActivationStatsData:
+    layers: list[str]
+    steps: np.ndarray  # int64 [S]: optimizer step (0-based) at which each row was recorded
+    mean: np.ndarray  # float [S, L]
+    std: np.ndarray
+    near_zero: np.ndarray  # share of values <= 0.05
+    dead: np.ndarray  # share of channels <= 0 over the whole batch
+    hist: np.ndarray  # float32 [S, L, bins] (empty bins axis when histograms were off)
+    hist_range: np.ndarray  # float [L, 2]: (lo, hi) of each layer's histogram
+    grad_norm: np.ndarray  # float [S, L]: L2 norm of the layer's own parameter gradients (NaN: none)
+    update_ratio: np.ndarray  # float [S, L]: |weights after step - before| / |before| (NaN: none)
+    every: int = 1  # final recording interval in steps (doubles when the row cap is reached)
+
+    def __post_init__(self) -> None:
+        self.layers = [str(n) for n in self.layers]
+
+    # ----------------------------------------------------------------- access
+    def index(self, layer: str | int) -> int:
+        if isinstance(layer, (int, np.integer)):
+            if not -len(self.layers) <= layer < len(self.layers):
+                raise IndexError(f"layer index {layer} out of range for {len(self.layers)} layers")
+            return int(layer) % len(self.layers)
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise KeyError(f"no statistics for layer {layer!r}; recorded layers: {', '.join(self.layers)}") from None
+
+    def layer(self, layer: str | int) -> dict[str, np.ndarray]:
+        """All series of one layer: {'mean': [S], 'std': [S], ..., 'hist': [S, bins]}."""
+        i = self.index(layer)
+        return {"steps": self.steps, "mean": self.mean[:, i], "std": self.std[:, i],
+                "near_zero": self.near_zero[:, i], "dead": self.dead[:, i], "hist": self.hist[:, i],
+                "grad_norm": self.grad_norm[:, i], "update_ratio": self.update_ratio[:, i],
+                "hist_range": self.hist_range[i]}
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def bins(self) -> int:
+        return self.hist.shape[-1] if self.hist.ndim == 3 else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python (lists), e.g. for JSON."""
+        return {f.name: (getattr(self, f.name).tolist() if isinstance(getattr(self, f.name), np.ndarray)
+                         else getattr(self, f.name)) for f in fields(self)}
+
+    # ----------------------------------------------------------------- plots
+    def plot_layer_stats(self, layer: str | int):
+        from ..report.plots import plot_layer_stats
+
+        return plot_layer_stats(self, layer)
+
+    def color_dim(self, layer: str | int):
+        from ..report.plots import color_dim
+
+        return color_dim(self, layer)
+
+    def plot_dead(self, layer: str | int):
+        from ..report.plots import plot_dead
+
+        return plot_dead(self, layer)
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | Path) -> None:
+        from ..runs.store import atomic_save_npz
+
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        arrays["layers"] = np.asarray(self.layers, dtype=str)
+        atomic_save_npz(Path(path), arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActivationStatsData:
+        from ..runs.store import read_npz
+
+        arrays = read_npz(Path(path))
+        missing = [f.name for f in fields(cls) if f.name not in arrays]
+        if missing:
+            raise RunError(f"{path} lacks {', '.join(missing)}; it was not written by convscope's ActivationStats")
+        kwargs = {f.name: arrays[f.name] for f in fields(cls)}
+        kwargs["layers"] = [str(s) for s in arrays["layers"]]
+        kwargs["every"] = int(arrays["every"])
+        data = cls(**kwargs)
+        n, n_layers = len(data.steps), len(data.layers)
+        for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio"):
+            if getattr(data, name).shape != (n, n_layers):
+                raise RunError(f"{path}: {name} has shape {getattr(data, name).shape}, expected {(n, n_layers)}")
+        return data

@@ -1,0 +1,113 @@
+"""Forward/backward hooks as context managers, and which modules to watch by default.
+
+A hook left on a model after training keeps costing time and memory, and a crash inside `fit` is exactly
+when that happens; so hooks here are only ever used through `with` blocks or removed in `finally`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+# Activation functions have no parameters, so "modules with parameters" (fastai's default) misses the
+# statistics after the non-linearity, where dead units actually show.
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+)
+
+HookFn = Callable[[nn.Module, Any, Any], None]
+
+
+class Hook:
+    """One forward (or backward) hook on one module, removed on `remove()` or at the end of a `with`."""
+
+    def __init__(self, module: nn.Module, fn: HookFn, forward: bool = True) -> None:
+        self.module = module
+        register = module.register_forward_hook if forward else module.register_full_backward_hook
+        self.handle = register(fn)
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def __enter__(self) -> Hook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Hooks:
+    """The same hook function on several modules; `fn(index, module, inputs, output)`."""
+
+    def __init__(self, modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, Any, Any], None],
+                 forward: bool = True) -> None:
+        self.hooks: list[Hook] = []
+        try:
+            for i, module in enumerate(modules):
+                self.hooks.append(Hook(module, _bind(fn, i), forward))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def __len__(self) -> int:
+        return len(self.hooks)
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int) -> HookFn:
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        fn(index, module, inputs, output)
+
+    return hook
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """True if any module of `model` still has a forward or backward hook registered."""
+    return any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def select_modules(
+    model: nn.Module,
+    modules: Iterable[str | type[nn.Module] | nn.Module] | str | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """(name, module) pairs to watch, in forward-definition order.
+
+    Default: every leaf module with parameters, plus activation modules. Otherwise `modules` may mix
+    name patterns ('conv*.conv', fnmatch), module types (nn.Conv2d) and module objects.
+    """
+    named = [(name, m) for name, m in model.named_modules() if name]
+    if modules is None:
+        chosen = [(n, m) for n, m in named if not list(m.children())
+                  and (any(True for _ in m.parameters(recurse=False)) or isinstance(m, ACTIVATIONS))]
+        if not chosen:
+            raise ConfigError("the model has no module with parameters or activation to watch")
+        return chosen
+    if isinstance(modules, str):
+        modules = [modules]
+    chosen = []
+    for n, m in named:
+        for sel in modules:
+            if (isinstance(sel, str) and fnmatch.fnmatchcase(n, sel)) or \
+               (isinstance(sel, type) and isinstance(m, sel)) or sel is m:
+                chosen.append((n, m))
+                break
+    if not chosen:
+        raise ConfigError(f"no module matches {list(modules)!r}; names look like {[n for n, _ in named[:4]]}")
+    return chosen
