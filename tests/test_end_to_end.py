@@ -20,8 +20,8 @@ def test_book_setting_one_epoch_reaches_98_percent_and_writes_the_run(data_dir, 
     result = train(cfg)
     run = load_run(result.run_dir)
     assert run.final_accuracy >= 0.98
-    assert sorted(p.name for p in result.run_dir.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl",
-                                                               "steps.npz"]
+    assert sorted(p.name for p in result.run_dir.iterdir()) == [
+        "checkpoint", "config.json", "findings.json", "metrics.jsonl", "report.html", "stats.npz", "steps.npz"]
     # steps.npz: one row per optimizer step (60000 // 512 = 117), readable with numpy alone.
     with np.load(result.run_dir / "steps.npz") as steps:
         assert steps["loss"].shape == (117,) and steps["lr"].max() == pytest.approx(0.06, rel=1e-3)

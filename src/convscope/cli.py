@@ -65,15 +65,34 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
     name: Annotated[str | None, typer.Option(help="run folder name (default: time and dataset)")] = None,
+    resume: Annotated[str | None, typer.Option(help="continue this run folder from its last checkpoint "
+                                                    "(its own settings are used; the others are ignored)")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="use only the first N training images (quick runs)")] = None,
 ) -> None:
-    """Train the book's simple CNN and write a run folder (config, metrics, steps, checkpoint)."""
+    """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
+    findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
     from .config import TrainConfig
+    from .errors import ConfigError
+    from .experiment import resume_config
     from .experiment import train as run_training
+    from .train.guard import NonFiniteError
 
-    cfg = TrainConfig(dataset=dataset, data_root=data_root, epochs=epochs, lr=lr, bs=bs, bn=bn,
-                      schedule=schedule, channels=parse_ints(channels, "--channels"), seed=seed,
-                      device=device, out=out, name=name)
-    result = run_training(cfg, progress=sys.stderr.isatty())
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if resume is not None:
+        cfg = resume_config(resume)
+        if data_root is not None:
+            cfg.data_root = data_root
+    else:
+        cfg = TrainConfig(dataset=dataset, data_root=data_root, epochs=epochs, lr=lr, bs=bs, bn=bn,
+                          schedule=schedule, channels=parse_ints(channels, "--channels"), seed=seed,
+                          device=device, out=out, name=name, limit_train=limit_train)
+    try:
+        result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)
+    except NonFiniteError as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     table = Table(title=f"run {result.run_dir}")
     for col in ("epoch", "train_loss", "valid_loss", "accuracy", "seconds"):
         table.add_column(col, justify="right")
@@ -82,6 +101,15 @@ def train(
                                                 ("train_loss", "valid_loss", "accuracy")),
                       f"{row['seconds']:.1f}")
     console.print(table)
+    if result.findings:
+        from .cli_diagnose import findings_table
+
+        console.print(findings_table(result.findings))
+    if result.interrupted is not None:
+        learn = result.learn
+        err.print(f"stopped by signal {result.interrupted} at step {learn.train_iter} (epoch {learn.epoch + 1}); "
+                  f"everything is saved. Resume with: convscope train --resume {result.run_dir}", soft_wrap=True)
+        raise typer.Exit(128 + result.interrupted)
     console.print(f"run written to {result.run_dir}")
 
 
@@ -101,6 +129,21 @@ def summary(
     model = simple_cnn(channels=parse_ints(channels, "--channels"), in_channels=in_channels,
                        first_kernel=first_kernel, bn=bn)
     console.print(str(model_summary(model, (in_channels, input_size, input_size))))
+
+
+from .cli_bs_sweep import bs_sweep_command  # noqa: E402
+from .cli_lr_find import lr_find_command  # noqa: E402
+
+app.command("bs-sweep")(user_errors(bs_sweep_command))
+app.command("lr-find")(user_errors(lr_find_command))
+
+from .cli_diagnose import diagnose_command  # noqa: E402
+
+app.command("diagnose")(user_errors(diagnose_command))
+
+from .cli_report import report_command  # noqa: E402
+
+app.command("report")(user_errors(report_command))
 
 
 def main() -> None:

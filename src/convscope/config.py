@@ -30,6 +30,7 @@ class TrainConfig:
     first_kernel: int = 5
     seed: int = 42
     device: str = "auto"
+    limit_train: int | None = None  # use only the first N training images (quick experiments, tests)
     out: str = "runs"
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ConfigError(f"channels must be whole numbers >= 1, got {self.channels!r}")
         if not isinstance(self.first_kernel, int) or self.first_kernel < 1:
             raise ConfigError(f"first_kernel must be a whole number >= 1, got {self.first_kernel!r}")
+        if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
+            raise ConfigError(f"limit_train must be a whole number >= 1, got {self.limit_train!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"run name {self.name!r} must be a plain folder name")
 

@@ -6,7 +6,7 @@ import platform
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,11 +18,16 @@ from .data.batches import DeviceBatches, normalize_images
 from .data.folders import load_image_folder
 from .data.sources import DATASETS, ImageData, load_dataset
 from .devices import resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .models.cnn import simple_cnn
+from .report.html import write_report
+from .runs.checkpoint import load_checkpoint
 from .runs.saver import RunSaver
-from .runs.store import create_run_dir
+from .runs.store import create_run_dir, read_json
+from .stats.activations import ActivationStats
 from .train.callback import Callback
+from .train.guard import NonFiniteGuard
+from .train.interrupts import GracefulStop, catch_signals
 from .train.learner import Learner
 from .train.progress import ProgressBar
 
@@ -32,6 +37,8 @@ class TrainResult:
     learn: Learner
     run_dir: Path
     config: TrainConfig
+    findings: list = field(default_factory=list)
+    interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped the run
 
     @property
     def metrics(self) -> list[dict]:
@@ -49,6 +56,9 @@ def load_data(cfg: TrainConfig) -> ImageData:
 def build_batches(cfg: TrainConfig, device: torch.device):
     """Load the dataset and return (train batches, valid batches, data info)."""
     data = load_data(cfg)
+    if cfg.limit_train is not None:
+        n = cfg.limit_train
+        data.train_images, data.train_labels = data.train_images[:n], data.train_labels[:n]
     n_train = len(data.train_labels)
     if cfg.bs > n_train:
         raise ConfigError(f"bs {cfg.bs} is larger than the training set ({n_train} images); use --bs <= {n_train}")
@@ -84,8 +94,26 @@ def default_run_name(cfg: TrainConfig) -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + Path(cfg.dataset).name
 
 
-def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()) -> TrainResult:
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run was started with (from its config.json), to resume it."""
+    load_checkpoint(run_dir)  # says clearly when the folder is missing or holds nothing to resume
+    saved = read_json(Path(run_dir) / "config.json")
+    names = {f.name for f in fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    except TypeError as exc:
+        raise RunError(f"{run_dir}/config.json does not describe a convscope train run ({exc})") from None
+
+
+def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = (), stats: bool = True,
+          resume: str | Path | None = None, checkpoint_every: int | None = None) -> TrainResult:
     """Train simple_cnn as `cfg` says and write the run directory under `cfg.out`.
+
+    stats: record ActivationStats (stats.npz; unless `cbs` already holds one), diagnose the run
+    (findings.json) and write report.html into the run folder after fit.
+    resume: a run folder to continue from its last checkpoint (use `resume_config` for its settings).
+    SIGINT/SIGTERM stop training at the next batch boundary with everything flushed and a checkpoint
+    written; `TrainResult.interrupted` then holds the signal number.
 
     Everything that can be wrong with the input is checked before the run folder is made, so a failed
     start leaves nothing behind.
@@ -96,14 +124,43 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
                        first_kernel=cfg.first_kernel, bn=cfg.bn)
     model = fit_to_input(model, info)
-    run_dir = create_run_dir(cfg.out, cfg.name or default_run_name(cfg))
+    if resume is None:
+        run_dir = create_run_dir(cfg.out, cfg.name or default_run_name(cfg))
+    else:
+        run_dir = Path(resume)
+        load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
     config = {**cfg.to_dict(), "data": info, "versions": versions(device)}
-    callbacks: list[Callback] = [RunSaver(run_dir, config), *cbs]
+    stopper = GracefulStop()
+    callbacks: list[Callback] = [RunSaver(run_dir, config, checkpoint_every=checkpoint_every), NonFiniteGuard(),
+                                 stopper, *cbs]
+    if stats and not any(isinstance(cb, ActivationStats) for cb in cbs):
+        callbacks.append(ActivationStats())
     if progress:
         callbacks.append(ProgressBar())
     learn = Learner(model, train_dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=callbacks, device=device)
-    if cfg.schedule == "one-cycle":
-        learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start)
-    else:
-        learn.fit(cfg.epochs, cfg.lr)
-    return TrainResult(learn, run_dir, cfg)
+    result = TrainResult(learn, run_dir, cfg)
+    try:
+        with catch_signals(stopper):
+            if cfg.schedule == "one-cycle":
+                learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start, resume=resume)
+            else:
+                learn.fit(cfg.epochs, cfg.lr, resume=resume)
+    finally:
+        result.interrupted = stopper.signum
+        if stats and learn.recorder.steps["loss"]:
+            result.findings = finish_run(run_dir, learn.exception)
+    return result
+
+
+def finish_run(run_dir: Path, exception: BaseException | None) -> list:
+    """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
+    from .diagnose import diagnose, save_findings
+    from .runs import load_run
+
+    findings = diagnose(load_run(run_dir))
+    stopped = getattr(exception, "finding", None)
+    if stopped is not None:
+        findings = [stopped, *(f for f in findings if f.rule != "healthy")]
+    save_findings(run_dir, findings)
+    write_report(run_dir)
+    return findings

@@ -51,6 +51,8 @@ class DeviceBatches:
         # The generator lives on the CPU: the permutation is cheap and this keeps orders identical
         # across devices for the same seed.
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start_state = self.generator.get_state()
+        self.next_start = 0  # first batch the next iteration yields (set when resuming mid-epoch)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -58,18 +60,27 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
+        start, self.next_start = self.next_start, 0
+        self.epoch_start_state = self.generator.get_state()  # what a mid-epoch checkpoint must save
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for i in range(len(self)):
+            for i in range(start, len(self)):
                 idx = order[i * self.bs : (i + 1) * self.bs]
                 yield self.x[idx], self.y[idx]
         else:
-            for i in range(len(self)):
+            for i in range(start, len(self)):
                 yield self.x[i * self.bs : (i + 1) * self.bs], self.y[i * self.bs : (i + 1) * self.bs]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The shuffling generator's state: restoring it replays the same epoch orders."""
-        return {"generator": self.generator.get_state()}
+        """Generator state now, and at the start of the current epoch (to replay that epoch's order)."""
+        return {"generator": self.generator.get_state(), "epoch_start": self.epoch_start_state}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+    def resume_epoch(self, state: dict[str, torch.Tensor], skip: int) -> None:
+        """Make the next iteration continue where `state` was saved: mid-epoch (`skip` > 0) replays that
+        epoch's order from batch `skip`; at an epoch boundary the next epoch's order is drawn as it would
+        have been."""
+        self.generator.set_state(state["epoch_start"] if skip else state["generator"])
+        self.next_start = skip

@@ -5,34 +5,54 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from ..train.callback import Callback
+from .checkpoint import save_checkpoint
 from .store import atomic_save_npz, atomic_write_json, atomic_write_jsonl
 
 
 class RunSaver(Callback):
-    """Writes config.json at the start, and metrics, steps and a checkpoint at every epoch end.
+    """Writes config.json at the start; metrics, steps and a checkpoint at every epoch end (and every
+    `checkpoint_every` steps if set); and once more when fit stops early (an interrupt or a cancel).
 
-    Other callbacks that own run files (ActivationStats, ...) expose `save(run_dir)`; RunSaver calls it
-    at the same flush points so that every file of the run describes the same moment.
+    Other callbacks that own run files (ActivationStats, ...) expose `save_to_run(run_dir)`; RunSaver
+    calls it at the same flush points so that every file of the run describes the same moment.
+    When fit raises, files are flushed but no checkpoint is written: the last good one stays newest.
     """
 
     order = 90  # after the Recorder has closed the epoch
 
-    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, config: dict[str, Any], checkpoint_every: int | None = None,
+                 keep: int = 2) -> None:
         self.path = Path(path)
         self.config = config
+        self.checkpoint_every, self.keep = checkpoint_every, keep
 
     def before_fit(self) -> None:
         atomic_write_json(self.path / "config.json", self.config)
+        self._position = self._saved = None
+
+    def after_batch(self) -> None:
+        if not self.learn.training:
+            return
+        self._position = (self.learn.epoch, self.learn.iter + 1)  # where a resume would continue
+        if self.checkpoint_every and self.learn.train_iter % self.checkpoint_every == 0:
+            self.flush()
+            self.save_checkpoint(*self._position)
 
     def after_epoch(self) -> None:
+        self._position = (self.learn.epoch + 1, 0)
         self.flush()
-        self.save_checkpoint()
+        self.save_checkpoint(*self._position)
 
     def after_fit(self) -> None:
         self.flush()
+        if self.learn.exception is None and self._position is not None and self._position != self._saved:
+            self.save_checkpoint(*self._position)
+        finding = getattr(self.learn.exception, "finding", None)
+        if finding is not None:
+            from ..diagnose.io import save_findings
+
+            save_findings(self.path, [finding])
 
     def flush(self) -> None:
         rec = self.learn.recorder
@@ -43,11 +63,6 @@ class RunSaver(Callback):
             if callable(save):
                 save(self.path)
 
-    def save_checkpoint(self) -> None:
-        ckpt = self.path / "checkpoint"
-        ckpt.mkdir(exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.learn.model.state_dict().items()}
-        tmp = ckpt / ".model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(ckpt / "model.safetensors")
-        atomic_write_json(ckpt / "state.json", {"epoch": self.learn.epoch, "step": self.learn.train_iter})
+    def save_checkpoint(self, epoch: int, next_iter: int) -> None:
+        save_checkpoint(self.path, self.learn, epoch, next_iter, keep=self.keep)
+        self._saved = (epoch, next_iter)

@@ -89,6 +89,12 @@ class ActivationStats(Callback):
             self._data = self.collector.data()
         return self._data
 
+    def resume_from(self, run_dir: Path, ckpt: Any) -> None:
+        """Continue the statistics of a resumed run: keep the rows recorded before the checkpoint."""
+        path = Path(run_dir) / STATS_FILE
+        if path.exists():
+            self.collector.restore(ActivationStatsData.load(path), before_step=ckpt.train_iter)
+
     def save_to_run(self, run_dir: str | Path) -> None:
         """Write stats.npz into a run folder (RunSaver calls this at every flush point)."""
         if self.collector is not None:

@@ -6,7 +6,7 @@ sync per `block` recorded steps instead of one per statistic per layer per step.
 
 Memory policy: the host keeps at most `max_rows` rows. When that is reached, every other row is dropped
 and the recording interval doubles, so the kept rows stay evenly spaced over the whole run, the most
-recent steps are always kept, and memory stays below max_rows * layers * (5*8 + 2*8 + 4*bins) bytes
+recent steps are always kept, and memory stays below max_rows * layers * (4*8 + 2*4 + 4*bins) bytes
 whatever the run's length.
 """
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .compute import N_VALUES
+from .compute import N_VALUES, finish
+
+N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
 
 
 class StatsBuffer:
@@ -28,7 +30,7 @@ class StatsBuffer:
         self.grads = torch.full((block, n_layers, 2), float("nan"), dtype=torch.float32, device=device)
         self.block_steps: list[int] = []
         self.h_steps = np.zeros(max_rows, dtype=np.int64)
-        self.h_values = np.zeros((max_rows, n_layers, N_VALUES), dtype=np.float64)
+        self.h_values = np.zeros((max_rows, n_layers, N_FINISHED), dtype=np.float64)
         self.h_hist = np.zeros((max_rows, n_layers, bins), dtype=np.float32)
         self.h_grads = np.full((max_rows, n_layers, 2), np.nan, dtype=np.float32)
         self.n_rows = 0
@@ -54,7 +56,7 @@ class StatsBuffer:
         k = len(self.block_steps)
         if k == 0:
             return
-        values = self.values[:k].cpu().numpy()
+        values = np.stack(finish(self.values[:k].cpu().numpy()), axis=-1)
         hist = self.hist[:k].cpu().numpy()
         grads = self.grads[:k].cpu().numpy()
         for j, step in enumerate(self.block_steps):
@@ -76,6 +78,18 @@ class StatsBuffer:
         for arr in (self.h_steps, self.h_values, self.h_hist, self.h_grads):
             arr[: len(keep)] = arr[keep]
         self.n_rows = len(keep)
+
+    def restore(self, steps: np.ndarray, values: np.ndarray, hist: np.ndarray, grads: np.ndarray, every: int) -> None:
+        """Put rows saved earlier (a resumed run) back into host storage."""
+        n = len(steps)
+        if n > self.max_rows:
+            raise ValueError(f"{n} saved rows exceed max_rows={self.max_rows}")
+        self.every = every
+        self.h_steps[:n], self.h_values[:n], self.h_grads[:n] = steps, values, grads
+        if self.h_hist.shape[-1]:
+            self.h_hist[:n] = hist
+        self.n_rows = n
+        self.block_steps = []
 
     def host_nbytes(self) -> int:
         return sum(a.nbytes for a in (self.h_steps, self.h_values, self.h_hist, self.h_grads))

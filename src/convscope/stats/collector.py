@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .buffer import StatsBuffer
-from .compute import finish, layer_stats
+from .compute import layer_stats
 from .data import ActivationStatsData
 from .hooks import Hooks, select_modules
 
@@ -152,15 +152,27 @@ class StatsCollector:
     def flush(self) -> None:
         self.buffer.flush()
 
+    def restore(self, data: ActivationStatsData, before_step: int) -> None:
+        """Continue a resumed run: keep the saved rows recorded before `before_step`."""
+        if data.layers != self.layers:
+            raise ConfigError(f"saved statistics are for layers {data.layers[:3]}..., this model has "
+                              f"{self.layers[:3]}...: resume with the same model")
+        keep = data.steps < before_step
+        values = np.stack([data.mean, data.std, data.near_zero, data.dead], axis=-1)[keep]
+        grads = np.stack([data.grad_norm, data.update_ratio], axis=-1)[keep]
+        self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every)
+        if self.hist_range == "adaptive" and len(data.steps):
+            self.ranges = [tuple(r) for r in data.hist_range]
+
     def data(self) -> ActivationStatsData:
         self.flush()
         b = self.buffer
         n = b.n_rows
-        mean, std, near, dead = finish(b.h_values[:n])
+        mean, std, near, dead = (b.h_values[:n, :, j].copy() for j in range(4))
         ranges = self.ranges or [(0.0, 0.0)] * len(self.layers)
         return ActivationStatsData(
             layers=list(self.layers), steps=b.h_steps[:n].copy(), mean=mean, std=std, near_zero=near,
             dead=dead, hist=b.h_hist[:n].copy(), hist_range=np.asarray(ranges, dtype=np.float64),
             grad_norm=b.h_grads[:n, :, 0].astype(np.float64), update_ratio=b.h_grads[:n, :, 1].astype(np.float64),
-            every=b.every,
+            every=b.every, kinds=[type(m).__name__ for _, m in self.named],
         )

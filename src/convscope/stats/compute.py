@@ -86,7 +86,7 @@ def layer_stats(x: torch.Tensor, values: torch.Tensor, hist: torch.Tensor | None
                               torch.tensor(float(n), device=x.device)]))
 
 
-def finish(values: torch.Tensor | "numpy.ndarray"):  # noqa: F821 (numpy only named for the reader)
+def finish(values: torch.Tensor | numpy.ndarray):  # noqa: F821 (numpy only named for the reader)
     """Host-side: raw buffer columns -> (mean, std, near_zero, dead) float arrays."""
     import numpy as np
 

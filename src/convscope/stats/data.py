@@ -7,7 +7,7 @@ Arrays are indexed [recorded step, layer] (and [..., bin] for histograms).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ class ActivationStatsData:
     grad_norm: np.ndarray  # float [S, L]: L2 norm of the layer's own parameter gradients (NaN: none)
     update_ratio: np.ndarray  # float [S, L]: |weights after step - before| / |before| (NaN: none)
     every: int = 1  # final recording interval in steps (doubles when the row cap is reached)
+    kinds: list[str] = field(default_factory=list)  # module class of each layer ('Conv2d', 'ReLU', ...)
 
     def __post_init__(self) -> None:
         self.layers = [str(n) for n in self.layers]
+        self.kinds = [str(k) for k in self.kinds] or [""] * len(self.layers)
 
     # ----------------------------------------------------------------- access
     def index(self, layer: str | int) -> int:
@@ -87,6 +89,7 @@ class ActivationStatsData:
 
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         arrays["layers"] = np.asarray(self.layers, dtype=str)
+        arrays["kinds"] = np.asarray(self.kinds, dtype=str)
         atomic_save_npz(Path(path), arrays)
 
     @classmethod
@@ -94,11 +97,12 @@ class ActivationStatsData:
         from ..runs.store import read_npz
 
         arrays = read_npz(Path(path))
-        missing = [f.name for f in fields(cls) if f.name not in arrays]
+        missing = [f.name for f in fields(cls) if f.name not in arrays and f.name != "kinds"]
         if missing:
             raise RunError(f"{path} lacks {', '.join(missing)}; it was not written by convscope's ActivationStats")
-        kwargs = {f.name: arrays[f.name] for f in fields(cls)}
+        kwargs = {f.name: arrays[f.name] for f in fields(cls) if f.name in arrays}
         kwargs["layers"] = [str(s) for s in arrays["layers"]]
+        kwargs["kinds"] = [str(s) for s in arrays.get("kinds", [])]
         kwargs["every"] = int(arrays["every"])
         data = cls(**kwargs)
         n, n_layers = len(data.steps), len(data.layers)

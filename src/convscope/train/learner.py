@@ -11,6 +11,7 @@ stay tensors, metrics are summed on the device and read once per epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,10 +161,14 @@ class Learner:
         return float(group["weight_decay"] if name == "wd" else group[name])
 
     # ----------------------------------------------------------------- the loop
-    def fit(self, n_epochs: int, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
+    def fit(self, n_epochs: int, lr: float | None = None, cbs: Sequence[Callback] = (),
+            resume: str | Path | None = None) -> None:
         """Train for `n_epochs` at a constant `lr` (or the learner's `lr`).
 
         `cbs` are attached for this fit only; afterwards they stay reachable by name.
+        `resume`: a run folder whose checkpoint this fit continues from (same model, data and arguments):
+        weights, optimizer, data order and RNG streams are restored, and training goes on at the next
+        batch as if it had never stopped.
         """
         if not isinstance(n_epochs, int) or n_epochs < 1:
             raise ConfigError(f"n_epochs must be a whole number >= 1, got {n_epochs!r}")
@@ -177,13 +182,27 @@ class Learner:
         self.set_hyper("lr", self.lr)
         self.n_epochs = n_epochs
         self.n_iter = len(self.train_data)
+        start_epoch, self._skip_batches = 0, 0
+        ckpt = None
+        if resume is not None:
+            from ..runs.checkpoint import load_checkpoint, restore_learner
+
+            ckpt = load_checkpoint(resume)
+            if ckpt.epoch > n_epochs:
+                raise ConfigError(f"the checkpoint is at epoch {ckpt.epoch + 1}, past this fit's {n_epochs} epochs")
+            restore_learner(self, ckpt)
+            start_epoch = self.epoch = ckpt.epoch
         temporary = list(cbs)
         self.add_cbs(temporary)
         self._build_handlers()
         self.exception = None
         try:
             self("before_fit")
-            for epoch in range(n_epochs):
+            if ckpt is not None:
+                for cb in sorted(self.cbs, key=lambda c: c.order):
+                    if callable(getattr(cb, "resume_from", None)):
+                        cb.resume_from(Path(resume), ckpt)
+            for epoch in range(start_epoch, n_epochs):
                 self.epoch = epoch
                 self._do_epoch()
         except CancelFitException:
@@ -211,6 +230,7 @@ class Learner:
         div_final: float = 1e5,
         moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
         cbs: Sequence[Callback] = (),
+        resume: str | Path | None = None,
     ) -> None:
         """Leslie Smith's 1cycle: warm up from lr_max/div, train at lr_max, anneal to lr_max/div_final.
 
@@ -220,7 +240,7 @@ class Learner:
 
         check_positive("lr_max", lr_max)
         scheds = one_cycle_schedules(lr_max, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
-        self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs])
+        self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs], resume=resume)
 
     def lr_find(self, **kwargs: Any) -> Any:
         """Learning-rate range test; see `convscope.schedules.lr_finder.lr_find` for the arguments."""
@@ -244,7 +264,11 @@ class Learner:
         self.dl = self.train_data
         try:
             self("before_train")
-            for i, (xb, yb) in enumerate(self.train_data):
+            skip, self._skip_batches = self._skip_batches, 0
+            start = getattr(self.train_data, "next_start", 0)  # DeviceBatches resumes mid-epoch by itself
+            for i, (xb, yb) in enumerate(self.train_data, start=start):
+                if i < skip:  # a DataLoader cannot seek: replay and drop the batches done before
+                    continue
                 self.iter = i
                 self.xb, self.yb = self._to_device(xb), self._to_device(yb)
                 self._train_batch()

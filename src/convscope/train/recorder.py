@@ -7,6 +7,8 @@ host-device sync in the training step.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +65,16 @@ class Recorder(Callback):
     def after_fit(self) -> None:
         self._flush_losses()  # a crashed or cancelled fit still keeps its step losses
 
+    def resume_from(self, run_dir: Path, ckpt: Any) -> None:
+        """Reload the steps and epochs recorded before the checkpoint (later rows were never confirmed)."""
+        from ..runs.store import read_jsonl, read_npz
+
+        steps = read_npz(run_dir / "steps.npz")
+        keep = steps["step"] < ckpt.train_iter if steps else []
+        for key in self.steps:
+            self.steps[key] = steps[key][keep].tolist() if steps else []
+        self.epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] < ckpt.epoch]
+
     # ----------------------------------------------------------------- views
     def step_arrays(self) -> dict[str, np.ndarray]:
         """Per-step arrays, as saved in steps.npz."""
@@ -86,3 +98,12 @@ class Recorder(Callback):
     @property
     def moms(self) -> np.ndarray:
         return self.step_arrays()["mom"]
+
+    def plot_sched(self, ax=None):
+        """Learning rate and momentum per step, two panels: a matplotlib Figure (made without pyplot).
+
+        `ax`: two Axes to draw into (lr, then momentum). See `convscope.report.schedule_plots.plot_schedule`.
+        """
+        from ..report.schedule_plots import plot_schedule  # report sits above train: imported on use
+
+        return plot_schedule(self.step_arrays(), ax=ax)

@@ -1,0 +1,34 @@
+"""`convscope diagnose RUN`: findings for a finished (or interrupted) run, as a table and findings.json."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .diagnose import Finding, diagnose, save_findings
+from .runs import load_run
+
+SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "green"}
+
+
+def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
+    table = Table(title=title, show_lines=True)
+    for col in ("severity", "rule", "layer", "steps", "evidence", "remedy"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        steps = f"{f.steps[0]}-{f.steps[1]}" if f.steps else ""
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule, f.layer or "", steps,
+                      f.evidence, f.remedy)
+    return table
+
+
+def diagnose_command(run: Annotated[str, typer.Argument(help="run folder")]) -> None:
+    """Read a run's statistics and print what is wrong, where, since when, and what to change."""
+    loaded = load_run(run)
+    findings = diagnose(loaded)
+    path = save_findings(loaded.path, findings)
+    Console().print(findings_table(findings, title=f"diagnosis of {loaded.path}"))
+    Console().print(f"written to {path}")

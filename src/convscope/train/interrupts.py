@@ -1,0 +1,47 @@
+"""Stopping cleanly on SIGINT (Ctrl-C) and SIGTERM: at the next batch boundary, with files flushed.
+
+`GracefulStop` is a callback; `catch_signals(stopper)` installs the handlers for the duration of a
+`with` block (main thread only) and puts the previous handlers back afterwards. The first signal asks
+for a stop at the end of the current batch; a second one interrupts at once (KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .callback import Callback
+from .events import CancelFitException
+
+
+class GracefulStop(Callback):
+    order = 1000  # last: every other callback has finished the batch (RunSaver knows the position)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+
+    def after_batch(self) -> None:
+        if self.signum is not None and self.learn.training:
+            raise CancelFitException
+
+
+@contextmanager
+def catch_signals(stopper: GracefulStop) -> Iterator[GracefulStop]:
+    if threading.current_thread() is not threading.main_thread():
+        yield stopper
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: stopper.request(signum))
+    try:
+        yield stopper
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,143 @@
+"""Each figure draws exactly the recorded arrays of a real run, made without pyplot's global state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from matplotlib import _pylab_helpers
+from matplotlib.figure import Figure
+
+from convscope import load_run
+from convscope.errors import ConfigError
+from convscope.report import plots
+
+LAYER = "conv2.act"
+
+
+def ydata(line) -> np.ndarray:
+    return np.asarray(line.get_ydata(), dtype=np.float64)
+
+
+def test_the_shared_run_recorded_every_step_of_every_layer(stats):
+    assert stats.n_steps == 120 and stats.bins == 40 and len(stats.layers) == 14
+    assert np.array_equal(stats.steps, np.arange(120))
+
+
+def test_plot_layer_stats_draws_mean_std_and_percent_near_zero(stats):
+    i = stats.index(LAYER)
+    fig = plots.plot_layer_stats(stats, LAYER)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    for ax, expected in zip(fig.axes, (stats.mean[:, i], stats.std[:, i], 100 * stats.near_zero[:, i])):
+        (line,) = ax.lines
+        assert np.array_equal(line.get_xdata(), stats.steps)
+        np.testing.assert_allclose(ydata(line), expected)
+    assert LAYER in fig.get_suptitle()
+
+
+def test_color_dim_image_is_log1p_hist_with_low_values_at_the_bottom(stats):
+    i = stats.index(LAYER)
+    fig = plots.color_dim(stats, LAYER)
+    ax = fig.axes[0]
+    (image,) = ax.images
+    np.testing.assert_allclose(image.get_array(), np.log1p(stats.hist[:, i].astype(np.float64)).T)
+    assert image.origin == "lower" and image.get_cmap().name == "viridis"
+    x0, x1, y0, y1 = image.get_extent()
+    assert (y0, y1) == tuple(stats.hist_range[i])  # the y axis is in activation values, 0 .. 10
+    assert x0 < stats.steps[0] < stats.steps[-1] < x1
+    assert len(fig.axes) == 2, "a colour bar says what the colours mean"
+
+
+def test_color_dim_without_histograms_says_so(stats):
+    no_hist = dataclasses.replace(stats, hist=np.zeros((stats.n_steps, len(stats.layers), 0), np.float32))
+    with pytest.raises(ValueError, match="with_hist=True"):
+        plots.color_dim(no_hist, LAYER)
+    with pytest.raises(ConfigError):
+        plots.color_dim(no_hist, LAYER)
+
+
+def test_plot_dead_draws_dead_and_near_zero_shares(stats):
+    i = stats.index(LAYER)
+    fig = plots.plot_dead(stats, LAYER)
+    dead, near = fig.axes[0].lines
+    np.testing.assert_allclose(ydata(dead), 100 * stats.dead[:, i])
+    np.testing.assert_allclose(ydata(near), 100 * stats.near_zero[:, i])
+
+
+def test_plot_layer_combines_the_three_on_shared_steps(stats):
+    i = stats.index(LAYER)
+    fig = plots.plot_layer(stats, LAYER)
+    images = [im for ax in fig.axes for im in ax.images]
+    assert len(images) == 1
+    np.testing.assert_allclose(images[0].get_array(), np.log1p(stats.hist[:, i].astype(np.float64)).T)
+    lines = [ydata(line) for ax in fig.axes for line in ax.lines]
+    for expected in (stats.mean[:, i], stats.std[:, i], 100 * stats.dead[:, i]):
+        assert any(np.allclose(y, expected) for y in lines)
+
+
+def test_plot_overview_has_every_layer(stats):
+    fig = plots.plot_overview(stats)
+    ax_mean, ax_std, ax_near, ax_dead = fig.axes[:4]
+    assert [line.get_label() for line in ax_mean.lines] == stats.layers
+    for j, line in enumerate(ax_std.lines):
+        np.testing.assert_allclose(ydata(line), stats.std[:, j])
+    np.testing.assert_allclose(ax_near.images[0].get_array(), 100 * stats.near_zero.T)
+    np.testing.assert_allclose(ax_dead.images[0].get_array(), 100 * stats.dead.T)
+    assert [t.get_text() for t in ax_near.get_yticklabels()] == stats.layers
+
+
+def test_plot_grad_stats_skips_layers_without_parameters(stats):
+    fig = plots.plot_grad_stats(stats)
+    ax_norm, ax_ratio = fig.axes[:2]
+    with_params = [n for n in stats.layers if not n.endswith(".act")]  # ReLUs have no parameters
+    assert [line.get_label() for line in ax_norm.lines] == with_params
+    for line in ax_norm.lines:
+        np.testing.assert_allclose(ydata(line), stats.grad_norm[:, stats.index(line.get_label())])
+    ratios = ax_ratio.lines[:-1]
+    for name, line in zip(with_params, ratios):
+        np.testing.assert_allclose(ydata(line), stats.update_ratio[:, stats.index(name)])
+    assert np.all(ydata(ax_ratio.lines[-1]) == 1e-3)  # the reference line
+    assert ax_norm.get_yscale() == ax_ratio.get_yscale() == "log"
+
+
+def test_plot_grad_stats_without_gradients_says_so(stats):
+    nan = np.full_like(stats.grad_norm, np.nan)
+    with pytest.raises(ConfigError, match="no gradient statistics"):
+        plots.plot_grad_stats(dataclasses.replace(stats, grad_norm=nan, update_ratio=nan))
+
+
+def test_plot_loss_draws_step_losses_and_epoch_metrics(trained):
+    run = load_run(trained.run_dir)
+    fig = plots.plot_loss(run.steps, run.metrics)
+    ax_step, ax_epoch = fig.axes[:2]
+    raw, smoothed, valid = ax_step.lines
+    np.testing.assert_allclose(ydata(raw), run.steps["loss"])
+    assert np.isfinite(ydata(smoothed)).all() and ydata(smoothed)[0] == pytest.approx(run.steps["loss"][0])
+    assert valid.get_xdata()[0] == run.steps["step"][-1]  # validated at the epoch's last step
+    assert ydata(valid)[0] == pytest.approx(run.metrics[0]["valid_loss"])
+    accuracy_axis = fig.axes[2]
+    assert ydata(accuracy_axis.lines[0])[0] == pytest.approx(run.metrics[0]["accuracy"])
+
+
+def test_smooth_is_fastais_debiased_moving_average():
+    values = np.array([3.0, 1.0, 4.0, 1.0, 5.0])
+    avg, expected = 0.0, []
+    for n, v in enumerate(values, 1):
+        avg = 0.9 * avg + 0.1 * v
+        expected.append(avg / (1 - 0.9**n))
+    np.testing.assert_allclose(plots.smooth(values, beta=0.9), expected)
+
+
+def test_live_learner_and_saved_run_give_the_same_figures(trained, stats):
+    live = trained.learn.activation_stats
+    a = live.color_dim(LAYER).axes[0].images[0].get_array()
+    b = stats.color_dim(LAYER).axes[0].images[0].get_array()
+    np.testing.assert_array_equal(a, b)
+    assert isinstance(live.plot_layer_stats(LAYER), Figure) and isinstance(stats.plot_dead(LAYER), Figure)
+
+
+def test_no_figure_is_left_in_pyplot(stats):
+    plots.plot_overview(stats)
+    plots.color_dim(stats, 0)
+    assert _pylab_helpers.Gcf.get_num_fig_managers() == 0

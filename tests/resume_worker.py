@@ -1,0 +1,52 @@
+"""Run by test_resume.py in a real subprocess: train a short MNIST run, optionally signalling itself.
+
+    python resume_worker.py RUN_DIR straight|kill|int|term|resume AT_STEP
+
+`kill`/`int`/`term` send SIGKILL/SIGINT/SIGTERM to this process when the optimizer step AT_STEP has
+finished, from inside training, so the interruption lands at the same point every time. Exit codes
+mirror `convscope train`: 128 + signal for a graceful stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from convscope import TrainConfig
+from convscope.experiment import train
+from convscope.train import Callback
+
+SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
+
+
+class SignalSelf(Callback):
+    order = 95
+
+    def __init__(self, at_step: int, signum: int) -> None:
+        self.at_step, self.signum = at_step, signum
+
+    def after_step(self) -> None:
+        if self.learn.train_iter == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+def config(run_dir: Path) -> TrainConfig:
+    return TrainConfig(out=str(run_dir.parent), name=run_dir.name, epochs=2, bs=256, lr=0.03, limit_train=4096,
+                       device="cpu", seed=7)
+
+
+def main() -> None:
+    run_dir, mode, at_step = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    if mode == "resume":
+        result = train(config(run_dir), resume=run_dir)
+    else:
+        cbs = [SignalSelf(at_step, SIGNALS[mode])] if mode in SIGNALS else []
+        result = train(config(run_dir), cbs=cbs)
+    if result.interrupted is not None:
+        sys.exit(128 + result.interrupted)
+
+
+if __name__ == "__main__":
+    main()

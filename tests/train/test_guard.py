@@ -1,0 +1,65 @@
+"""The non-finite guard: an injected NaN is caught at its step, naming the layer; the checkpoint survives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convscope import TrainConfig, load_run
+from convscope.experiment import train
+from convscope.models.cnn import simple_cnn
+from convscope.runs.checkpoint import load_checkpoint, restore_model
+from convscope.train import Callback
+from convscope.train.guard import NonFiniteError, first_nonfinite_layer
+
+BAD_STEP = 20  # in epoch 2 of 16-step epochs: the end-of-epoch-1 checkpoint exists
+
+
+class CorruptWeight(Callback):
+    """Writes NaN into one weight of conv3 just before step BAD_STEP's forward pass."""
+
+    def before_batch(self):
+        if self.learn.training and self.learn.train_iter == BAD_STEP:
+            with torch.no_grad():
+                self.learn.model.get_submodule("conv3.conv").weight[0, 0, 0, 0] = float("nan")
+
+
+def test_injected_nan_is_caught_at_its_step_naming_the_layer(data_dir, tmp_path):
+    cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="nan", epochs=2, bs=256, limit_train=4096,
+                      device="cpu")
+    with pytest.raises(NonFiniteError) as info:
+        train(cfg, cbs=[CorruptWeight()])
+    message = str(info.value)
+    assert f"at step {BAD_STEP}" in message and "conv3.conv" in message
+    run_dir = tmp_path / "nan"
+    findings = json.loads((run_dir / "findings.json").read_text())
+    assert findings[0]["rule"] == "loss_not_finite" and findings[0]["layer"] == "conv3.conv"
+    assert findings[0]["steps"] == [BAD_STEP, BAD_STEP]
+    # The last checkpoint is the good one from the end of epoch 1: it loads and validates well.
+    ckpt = load_checkpoint(run_dir)
+    assert (ckpt.epoch, ckpt.train_iter) == (1, 16)
+    model = simple_cnn()
+    restore_model(model, ckpt.model, ckpt.path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    model.eval()
+    from convscope.data.batches import normalize_images
+    from convscope.data.sources import load_dataset
+
+    data = load_dataset("mnist", root=data_dir)
+    norm = json.loads((run_dir / "config.json").read_text())["data"]["normalize"]
+    xt, _, _ = normalize_images(data.test_images, norm["mean"], norm["std"])
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == data.test_labels).float().mean().item()
+    assert acc > 0.9, acc
+    assert load_run(run_dir).metrics[0]["accuracy"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_first_nonfinite_layer_names_the_first_module_in_forward_order():
+    model = simple_cnn().eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert first_nonfinite_layer(model, x) is None
+    with torch.no_grad():
+        model.get_submodule("conv2.bn").running_var.fill_(-1.0)  # sqrt of a negative variance: NaN output
+    assert first_nonfinite_layer(model, x) == "conv2.bn"
