@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from convscope.bs_sweep import markdown_table, recommend, scaled_lr
 from convscope.cli import app
+from convscope.data.batches import normalize_images
 from convscope.models.cnn import simple_cnn
 
 
@@ -35,6 +36,8 @@ def sweep(runner, tmp_path, *args):
         (["--bs", "-64"], "batch sizes must be whole numbers >= 1, got -64"),
         (["--bs", "64,64"], "batch sizes must differ"),
         (["--bs", "64,60001"], "batch sizes [60001] are larger than the training set (60000 images)"),
+        (["--bs", "64,512", "--limit-train", "500"], "batch sizes [512] are larger than the training set (500 images) "
+                                                      "after --limit-train"),
         (["--lr-scaling", "cubic"], "unknown lr scaling 'cubic'"),
         (["--lr", "0"], "lr must be a finite number > 0"),
         (["--base-bs", "0"], "base_bs must be a whole number >= 1"),
@@ -74,28 +77,33 @@ def fake_row(bs, accuracy, seconds, b_late=1000.0):
 
 def test_recommendation_picks_the_fastest_setting_within_half_a_point_of_the_best():
     rows = [fake_row(64, 0.990, 30.0), fake_row(256, 0.988, 12.0), fake_row(1024, 0.970, 5.0)]
+    for row, steps in zip(rows, (400, 100, 80)):
+        row["steps_to_target"] = steps
     lines = recommend(rows, 800.0, torch.device("cpu"))
     text = " ".join(lines)
+    assert "400 (bs 64) -> 100 (bs 256) -> 80 (bs 1024)" in text and "x0.25, x0.80" in text
     assert "Recommendation: bs 256" in text  # 64 is best, 256 is within 0.5 points and faster, 1024 is not
-    assert "B_simple = 800" in text and "below the critical batch size" in text
+    assert "~800 in the second half" in text and "below the critical batch size" in text
     assert "Memory is not the limit up to the largest batch tried (bs 1024)" in text and "602 MiB" in text
     table = markdown_table(rows)
-    assert table.count("\n") == 2 + len(rows) and "| 256 | 0.06 | 234 | 98.80% |" in table
+    assert table.count("\n") == 2 + len(rows) and "| 256 | 0.06 | 234 | 98.80% | 12.0 | 5,000 |" in table
 
 
-def first_loss_from_seed(mnist_tensors, bs, seed=42):
-    """Loss of the first batch of a run with `seed`, recomputed from scratch: the seed's initial weights on
-    the first `bs` images of the seed's shuffled order (train mode, as in training)."""
-    x, y, _, _ = mnist_tensors
+def first_loss_from_seed(mnist, n, bs, seed=42):
+    """Loss of the first batch of a run on the first `n` images with `seed`, recomputed from scratch: the
+    seed's initial weights on the first `bs` images of the seed's shuffled order (train mode, as in training)."""
+    x, _, _ = normalize_images(mnist.train_images[:n])
+    y = mnist.train_labels[:n]
     torch.manual_seed(seed)
     model = simple_cnn()
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:bs]
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:bs]
     with torch.no_grad():
         return F.cross_entropy(model.train()(x[idx]), y[idx]).item()
 
 
-def test_tiny_sweep_writes_folder_json_figure_and_runs(runner, tmp_path, mnist_tensors):
-    """Two sizes on 2,048 training images (hidden --limit-train), linear lr scaling; checked from the files."""
+def test_tiny_sweep_writes_folder_json_figure_and_runs(runner, tmp_path, mnist):
+    """Two sizes on the first 2,048 training images (hidden --limit-train), linear lr scaling; checked from the
+    files the sweep wrote and from an independent recomputation."""
     result = sweep(runner, tmp_path, "--bs", "128,256", "--limit-train", "2048", "--lr-scaling", "linear",
                    "--base-bs", "256", "--gns-every", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -112,16 +120,16 @@ def test_tiny_sweep_writes_folder_json_figure_and_runs(runner, tmp_path, mnist_t
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert row["accuracy"] == pytest.approx(metrics[-1]["accuracy"])
         with np.load(run / "steps.npz") as s:
-            assert row["steps"] == steps == len(s["loss"])  # 2048 / bs batches
+            assert row["steps"] == steps == len(s["loss"])  # 2048 // bs batches
             # Both settings start from the seed's weights: their first losses match a from-scratch model.
-            assert s["loss"][0] == pytest.approx(first_loss_from_seed(mnist_tensors, bs), rel=1e-5)
+            assert s["loss"][0] == pytest.approx(first_loss_from_seed(mnist, 2048, bs), rel=1e-5)
             assert row["final_train_loss"] == pytest.approx(float(np.mean(s["loss"][-max(1, steps // 10):])))
         with np.load(run / "noise_scale.npz") as ns:
-            assert ns["step"].tolist() == list(range(1, steps + 1, 2))
+            assert ns["step"].tolist() == list(range(0, steps, 2))
             assert (ns["b_big"] == bs).all() and (ns["b_small"] == bs // 2).all()
         assert row["samples"] == steps * bs
         assert row["samples_per_s"] == pytest.approx(row["samples"] / row["train_seconds"])
         assert row["peak_mem_mb"] > 100  # the MNIST tensors alone are ~200 MB
-        assert row["gns_measurements"] == len(range(1, steps + 1, 2))
+        assert row["gns_measurements"] == len(range(0, steps, 2))
     b_crit = report["critical_batch_size"]  # strict JSON: a value that could not be estimated is null
     assert b_crit is None or (math.isfinite(b_crit) and b_crit > 0)

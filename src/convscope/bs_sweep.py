@@ -34,11 +34,13 @@ from .errors import ConfigError, RunError
 from .runs.store import atomic_write_json, create_run_dir, read_npz
 from .stats.noise_scale import GradientNoiseScale
 from .train.callback import Callback
-from .train.events import CancelTrainException
+from .train.guard import NonFiniteError
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
 ACCURACY_SLACK = 0.005  # "as good as the best": within half a percentage point of test accuracy
+FLOAT_FIELDS = ("accuracy", "valid_loss", "train_seconds", "samples_per_s", "gns_seconds", "final_train_loss",
+                "peak_mem_mb", "b_simple_end", "b_simple_early", "b_simple_late")
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -78,7 +80,7 @@ class SweepConfig:
     device: str = "auto"
     out: str = "runs"
     name: str | None = None
-    limit_train: int | None = None  # train on at most this many samples per epoch (for quick tests)
+    limit_train: int | None = None  # train on the first N training images only (quick runs, tests)
     gns_every: int | None = None  # noise-scale measurement period in steps; None: ~60 per run
     threads: int | None = None  # torch CPU threads per setting; None: torch's default
 
@@ -104,7 +106,7 @@ class SweepConfig:
         """The `convscope train` settings of one setting of the sweep."""
         return TrainConfig(dataset=self.dataset, data_root=self.data_root, epochs=self.epochs,
                            lr=scaled_lr(self.lr, bs, self.base_bs, self.lr_scaling), bs=bs, seed=self.seed,
-                           device=self.device, out=out, name=f"bs{bs}")
+                           device=self.device, out=out, name=f"bs{bs}", limit_train=self.limit_train)
 
 
 @dataclass
@@ -117,12 +119,10 @@ class SweepResult:
 
 # --------------------------------------------------------------------------- inside one setting's process
 class _SweepTimer(Callback):
-    """Times the training phases (not validation) and stops each epoch after `max_batches` batches."""
+    """Times the training phases (not validation)."""
 
     order = 0
-
-    def __init__(self, max_batches: int | None) -> None:
-        self.max_batches, self.seconds = max_batches, 0.0
+    seconds = 0.0
 
     def _sync(self) -> None:
         if self.learn.device.type == "cuda":
@@ -131,10 +131,6 @@ class _SweepTimer(Callback):
     def before_train(self) -> None:
         self._sync()
         self._start = time.perf_counter()
-
-    def before_batch(self) -> None:
-        if self.learn.training and self.max_batches is not None and self.learn.iter >= self.max_batches:
-            raise CancelTrainException
 
     def after_train(self) -> None:
         self._sync()
@@ -183,8 +179,14 @@ def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     gns = _TimedNoiseScale(every=spec["gns_every"])
-    timer = _SweepTimer(spec["max_batches"])
-    result = train(cfg, cbs=[gns, timer])
+    timer = _SweepTimer()
+    # stats=False: no ActivationStats hooks and no report.html per setting -- they would add their own
+    # cost to the training time this study compares (the sweep folder has its own figure).
+    try:
+        result = train(cfg, cbs=[gns, timer], stats=False)
+    except NonFiniteError as exc:  # a diverged setting is a result of the study, not a failure of the sweep
+        return {"bs": cfg.bs, "lr": cfg.lr, "epochs": cfg.epochs, "run": cfg.name, "diverged": str(exc),
+                **dict.fromkeys(FLOAT_FIELDS, float("nan")), "steps": None, "steps_to_target": None}
     learn = result.learn
     losses = learn.recorder.losses
     tail = max(1, len(losses) // 10)
@@ -227,7 +229,8 @@ def _run_setting(spec: dict[str, Any]) -> dict[str, Any]:
 def _n_train(cfg: SweepConfig) -> int:
     from .experiment import load_data  # the same loader `convscope train` uses: same errors, same data
 
-    return len(load_data(cfg.train_config(cfg.batch_sizes[0], out=cfg.out)).train_labels)
+    n = len(load_data(cfg.train_config(cfg.batch_sizes[0], out=cfg.out)).train_labels)
+    return n if cfg.limit_train is None else min(n, cfg.limit_train)
 
 
 def _steps_to_target(sweep_dir: Path, rows: list[dict[str, Any]]) -> float:
@@ -235,6 +238,7 @@ def _steps_to_target(sweep_dir: Path, rows: list[dict[str, Any]]) -> float:
 
     The loss is smoothed over 5% of each run's steps, so that every run is smoothed alike.
     """
+    rows = [r for r in rows if not r.get("diverged")]
     curves, widths = [], []
     for row in rows:
         loss = read_npz(sweep_dir / row["run"] / "steps.npz").get("loss", np.zeros(0))
@@ -256,17 +260,16 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
     n_train = _n_train(cfg)
     too_big = [bs for bs in cfg.batch_sizes if bs > n_train]
     if too_big:
-        raise ConfigError(f"batch sizes {too_big} are larger than the training set ({n_train} images)")
+        raise ConfigError(f"batch sizes {too_big} are larger than the training set ({n_train} images)"
+                          + (" after --limit-train" if cfg.limit_train is not None else ""))
     name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-bs-sweep"
     sweep_dir = create_run_dir(cfg.out, name)
     rows = []
     for bs in cfg.batch_sizes:
         per_epoch = n_train // bs  # training drops the last short batch
-        if cfg.limit_train is not None:
-            per_epoch = min(per_epoch, -(-cfg.limit_train // bs))
         every = cfg.gns_every or max(1, round(per_epoch * cfg.epochs / MEASUREMENTS_PER_RUN))
         spec = {"train": cfg.train_config(bs, out=str(sweep_dir)).to_dict(), "gns_every": every,
-                "max_batches": per_epoch if cfg.limit_train is not None else None, "threads": cfg.threads}
+                "threads": cfg.threads}
         row = _run_setting(spec)
         rows.append(row)
         if on_setting is not None:
@@ -292,25 +295,38 @@ def _strict_json(obj: Any) -> Any:
     return obj
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _critical_batch_size(rows: list[dict[str, Any]]) -> float:
     """Median over the runs of B_simple in the second half of each run (where it has settled upward)."""
-    values = [r["b_simple_late"] for r in rows if r["b_simple_late"] is not None and math.isfinite(r["b_simple_late"])
-              and r["b_simple_late"] > 0]
+    values = [r["b_simple_late"] for r in rows if _finite(r["b_simple_late"]) and r["b_simple_late"] > 0]
     return float(statistics.median(values)) if values else float("nan")
 
 
 def recommend(rows: list[dict[str, Any]], b_crit: float, device: torch.device) -> list[str]:
     """Plain-language conclusions from the measured rows."""
-    lines = []
-    early = [r["b_simple_early"] for r in rows if math.isfinite(r["b_simple_early"])]
+    lines = [f"bs {r['bs']} diverged (lr {r['lr']:.4g}): {r['diverged']}" for r in rows if r.get("diverged")]
+    rows = [r for r in rows if not r.get("diverged")]
+    if not rows:
+        return [*lines, "Every setting diverged: lower --lr or use --lr-scaling sqrt/none."]
+    early = [r["b_simple_early"] for r in rows if _finite(r["b_simple_early"])]
     if math.isfinite(b_crit):
+        then = f"~{statistics.median(early):,.0f} in the first quarter of training, " if early else ""
         lines.append(
-            f"Critical batch size ~ B_simple = {b_crit:,.0f} (median over the runs, second half of training; "
-            f"early in training it was ~{statistics.median(early):,.0f} -- it grows as the loss falls). Below it, "
-            "doubling the batch nearly halves the steps needed; well above it, extra samples per step buy "
-            "few fewer steps.")
+            f"Critical batch size ~ gradient noise scale B_simple: {then}~{b_crit:,.0f} in the second half "
+            "(medians over the runs). It grows as the loss falls, so the batch that still pays off grows during "
+            "training: below B_simple doubling the batch nearly halves the steps needed; well above it, extra "
+            "samples per step buy few fewer steps.")
     else:
         lines.append("The gradient noise scale could not be estimated (too few measurements): train longer.")
+    reached = sorted((r["bs"], r["steps_to_target"]) for r in rows if r.get("steps_to_target"))
+    if len(reached) >= 2:
+        chain = " -> ".join(f"{steps} (bs {bs})" for bs, steps in reached)
+        ratios = ", ".join(f"x{b / a:.2f}" for (_, a), (_, b) in zip(reached, reached[1:]))
+        lines.append(f"Measured: steps to reach the train loss every run reached: {chain}; per step up in batch "
+                     f"size the steps changed {ratios} (x0.5 per doubling = perfect scaling, x1 = no gain).")
     largest = max(rows, key=lambda r: r["bs"])
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**20
@@ -326,12 +342,17 @@ def recommend(rows: list[dict[str, Any]], b_crit: float, device: torch.device) -
     lines.append(f"Best test accuracy: bs {best['bs']} ({best['accuracy']:.2%}, {best['train_seconds']:.1f} s of "
                  f"training); fastest: bs {fastest['bs']} ({fastest['accuracy']:.2%}, "
                  f"{fastest['train_seconds']:.1f} s).")
-    side = "below" if pick["bs"] < b_crit else "above"
+    side = "below" if pick["bs"] < b_crit else "above"  # the late-training value
     lines.append(f"Recommendation: bs {pick['bs']}, the fastest within {100 * ACCURACY_SLACK:g} percentage points "
                  "of the best accuracy "
                  f"({pick['accuracy']:.2%} in {pick['train_seconds']:.1f} s)"
                  + (f"; it is {side} the critical batch size." if math.isfinite(b_crit) else "."))
     return lines
+
+
+def format_noise_scale(value: float | None) -> str:
+    """A noise scale for a table: 'n/a' where it could not be estimated (None or NaN)."""
+    return f"{value:,.0f}" if _finite(value) else "n/a"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -340,9 +361,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "steps to target", "B_simple early", "B_simple late"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"]), f"{r['accuracy']:.2%}", f"{r['train_seconds']:.1f}",
+        accuracy = "diverged" if r.get("diverged") else f"{r['accuracy']:.2%}"
+        cells = [str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"] or "-"), accuracy, f"{r['train_seconds']:.1f}",
                  f"{r['samples_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}", f"{r['final_train_loss']:.4f}",
-                 str(r.get("steps_to_target") or "-"), f"{r['b_simple_early']:,.0f}", f"{r['b_simple_late']:,.0f}"]
+                 str(r.get("steps_to_target") or "-"), format_noise_scale(r["b_simple_early"]),
+                 format_noise_scale(r["b_simple_late"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -374,7 +397,7 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
     ax_rate = ax_time.twinx()
     ax_rate.plot(bs, [r["samples_per_s"] for r in rows], "s--", color="C1", label="samples/s")
     ax_rate.set_ylabel("samples / s", color="C1")
-    ax_steps.plot(bs, [r["steps"] for r in rows], "o-", label="optimizer steps (whole run)")
+    ax_steps.plot(bs, [r["steps"] or float("nan") for r in rows], "o-", label="optimizer steps (whole run)")
     reached = [(r["bs"], r["steps_to_target"]) for r in rows if r.get("steps_to_target")]
     if reached:
         ax_steps.plot(*zip(*reached), "s-", label=f"steps to train loss {loss_target:.3f}")
@@ -392,6 +415,8 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
         if math.isfinite(b_crit):
             ax.axvline(b_crit, ls="--", color="red", alpha=0.6)
     for r in rows:
+        if r.get("diverged"):
+            continue
         arrays = read_npz(sweep_dir / r["run"] / "noise_scale.npz")
         if len(arrays.get("g2", ())) < 3:
             continue

@@ -24,14 +24,34 @@ console = Console(highlight=False)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConvscopeError into one line on stderr and exit code 2."""
+    """Turn a ConvscopeError, or a write refused by the disk (full, read-only, no permission), into one
+    line on stderr and exit code 2. Files already written stay whole: every write is atomic."""
+    import errno
+
+    from rich.markup import escape  # a path or value like "[x]" must print as it is, not as a style
+
+    # A full or read-only disk is the user's to fix, not a bug: no traceback, one line with the path.
+    hints = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota exceeded)",
+             errno.EROFS: "make it writable", errno.EACCES: "make it writable", errno.EPERM: "make it writable",
+             errno.ENOTDIR: "a part of that path is a file, not a folder"}
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ConvscopeError as exc:
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.errno not in hints:
+                raise
+            path = exc.filename2 or exc.filename or "a run file"  # a rename's destination is the file meant
+            if kwargs.get("resume"):
+                where = "copy the run folder somewhere writable and resume that copy"
+            else:
+                where = "choose another --out" if "out" in kwargs else "write somewhere else"
+            line = f"cannot write {path}: {exc.strerror}; {hints[exc.errno]} or {where}"
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -144,6 +164,10 @@ app.command("diagnose")(user_errors(diagnose_command))
 from .cli_report import report_command  # noqa: E402
 
 app.command("report")(user_errors(report_command))
+
+from .cli_lr_study import lr_study_command  # noqa: E402
+
+app.command("lr-study")(user_errors(lr_study_command))
 
 
 def main() -> None:

@@ -16,22 +16,30 @@ err = Console(stderr=True, highlight=False)
 
 
 def _progress(row: dict[str, Any]) -> None:
+    from .bs_sweep import format_noise_scale as _count
+
+    if row.get("diverged"):
+        err.print(f"bs {row['bs']:>5}: diverged: {row['diverged']}")
+        return
     err.print(f"bs {row['bs']:>5}: accuracy {row['accuracy']:.2%}, {row['steps']} steps, "
-              f"{row['train_seconds']:.1f} s training, B_simple late {row['b_simple_late']:,.0f}")
+              f"{row['train_seconds']:.1f} s training, B_simple late {_count(row['b_simple_late'])}")
 
 
 def results_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The sweep's rows as a rich table."""
+    from .bs_sweep import format_noise_scale as _count
+
     table = Table(title=title)
     head = ("bs", "lr", "steps", "test acc", "train s", "samples/s", "peak MiB", "final loss", "steps to target",
             "B_simple early", "B_simple late")
     for col in head:
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"]), f"{r['accuracy']:.2%}",
+        accuracy = "diverged" if r.get("diverged") else f"{r['accuracy']:.2%}"
+        table.add_row(str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"] or "-"), accuracy,
                       f"{r['train_seconds']:.1f}", f"{r['samples_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}",
                       f"{r['final_train_loss']:.4f}", str(r.get("steps_to_target") or "-"),
-                      f"{r['b_simple_early']:,.0f}", f"{r['b_simple_late']:,.0f}")
+                      _count(r["b_simple_early"]), _count(r["b_simple_late"]))
     return table
 
 
@@ -71,8 +79,9 @@ def bs_sweep_command(
                       base_bs=base_bs, dataset=dataset, data_root=data_root, seed=seed, device=device, out=out,
                       name=name, limit_train=limit_train, gns_every=gns_every, threads=threads)
     result = run_sweep(cfg, on_setting=_progress)
-    # 11 columns: wider than the 80 characters rich assumes when stdout is not a terminal.
-    console.print(results_table(result.rows, f"batch-size sweep {result.path}"), width=max(console.width, 130))
+    # 11 columns need more than the 80 characters rich assumes when stdout is a file or a pipe.
+    out = console if console.is_terminal else Console(highlight=False, width=140)
+    out.print(results_table(result.rows, f"batch-size sweep {result.path}"))
     for line in result.recommendation:
-        console.print(f"- {line}", width=max(console.width, 130))
+        out.print(f"- {line}")
     console.print(f"sweep written to {result.path} (bs_sweep.json, bs_sweep.png)")

@@ -89,7 +89,7 @@ def lr_find_command(
     start_lr: Annotated[float, typer.Option(help="learning rate of the first step")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="learning rate of the last step")] = 10.0,
     num_it: Annotated[int, typer.Option(help="steps per sweep (>= 5); the lr grows by equal ratios")] = 100,
-    repeats: Annotated[int, typer.Option(help="sweeps, each on its own batch order, from the same weights")] = 3,
+    repeats: Annotated[int, typer.Option(help="sweeps, each on its own batch order, from the same weights")] = 2,
     seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",

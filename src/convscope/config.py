@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +37,14 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Strings first: a resumed run's config.json may hold anything, and a number here would fail later
+        # with an AttributeError deep inside data loading instead of this line.
+        for name in ("dataset", "device", "out", "data_root", "name"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):  # a pathlib.Path is fine; config.json holds it as text
+                setattr(self, name, value := os.fspath(value))
+            if not isinstance(value, str) and not (value is None and name in ("data_root", "name")):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -44,9 +53,9 @@ class TrainConfig:
             raise ConfigError(f"bs (batch size) must be a whole number >= 1, got {self.bs!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if not 0 < self.pct_start < 1:
+        if not (isinstance(self.pct_start, (int, float)) and 0 < self.pct_start < 1):
             raise ConfigError(f"pct_start must be in (0, 1), got {self.pct_start!r}")
-        if not (math.isfinite(self.wd) and self.wd >= 0):
+        if not (isinstance(self.wd, (int, float)) and math.isfinite(self.wd) and self.wd >= 0):
             raise ConfigError(f"wd (weight decay) must be >= 0, got {self.wd!r}")
         self.channels = tuple(self.channels)
         if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):

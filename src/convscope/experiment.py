@@ -98,6 +98,8 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig a run was started with (from its config.json), to resume it."""
     load_checkpoint(run_dir)  # says clearly when the folder is missing or holds nothing to resume
     saved = read_json(Path(run_dir) / "config.json")
+    if not isinstance(saved, dict):
+        raise RunError(f"{run_dir}/config.json is not a JSON object of settings; the run folder is damaged")
     names = {f.name for f in fields(TrainConfig)}
     try:
         return TrainConfig(**{k: v for k, v in saved.items() if k in names})
@@ -145,11 +147,23 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
                 learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start, resume=resume)
             else:
                 learn.fit(cfg.epochs, cfg.lr, resume=resume)
+    except BaseException:
+        if resume is None:  # a start that failed before writing anything (e.g. a full disk) leaves no folder
+            _remove_if_empty(run_dir)
+        raise
     finally:
         result.interrupted = stopper.signum
-        if stats and learn.recorder.steps["loss"]:
+        # After a refused write (disk full, read-only) the diagnosis and report would only fail the same way.
+        if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError):
             result.findings = finish_run(run_dir, learn.exception)
     return result
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # refuses a folder that holds anything, so no file is ever lost here
+    except OSError:
+        pass
 
 
 def finish_run(run_dir: Path, exception: BaseException | None) -> list:

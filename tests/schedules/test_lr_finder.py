@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from torch.utils.data import DataLoader, TensorDataset
 
 from convscope.data.batches import DeviceBatches
 from convscope.errors import ConfigError
@@ -75,7 +76,8 @@ def state_of(learn: Learner) -> dict:
         "opt_state": None if opt is None else {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in s.items()}
                                                for k, s in opt["state"].items()},
         "opt_groups": None if opt is None else [dict(g) for g in opt["param_groups"]],
-        "data": learn.train_data.state_dict()["generator"].clone(),
+        "data": {k: v.clone() for k, v in learn.train_data.state_dict().items()},  # incl. the epoch's start
+        "data_next_start": getattr(learn.train_data, "next_start", 0),
         "rng": torch.get_rng_state(),
         "counters": (learn.train_iter, learn.epoch, learn.n_epochs, learn.lr, learn.training),
         "recorder": json.dumps([learn.recorder.steps, learn.recorder.epochs]),
@@ -97,7 +99,10 @@ def assert_same_state(before: dict, after: dict) -> None:
             for n, t in s.items():
                 assert torch.equal(t, after["opt_state"][k][n]), (k, n)
         assert before["opt_groups"] == after["opt_groups"]
-    assert torch.equal(before["data"], after["data"])
+    assert before["data"].keys() == after["data"].keys()
+    for k, v in before["data"].items():
+        assert torch.equal(v, after["data"][k]), k
+    assert before["data_next_start"] == after["data_next_start"]
     assert torch.equal(before["rng"], after["rng"])
     for key in ("counters", "recorder", "cbs", "grads", "training"):
         assert before[key] == after[key], key
@@ -150,6 +155,26 @@ def test_a_fit_after_lr_find_gives_exactly_the_same_losses(small):
     probed.fit_one_cycle(1, 0.02)
     assert np.array_equal(plain.recorder.losses, probed.recorder.losses)
     assert plain.recorder.epochs[0]["accuracy"] == probed.recorder.epochs[0]["accuracy"]
+
+
+@pytest.mark.parametrize("own_generator", [True, False], ids=["loader-generator", "global-rng"])
+def test_a_dataloader_is_put_back_too(small, own_generator):
+    x, y = small[0][:1024], small[1][:1024]
+
+    def learner() -> Learner:
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0) if own_generator else None
+        loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=gen)
+        return Learner(simple_cnn(), loader)
+
+    plain, probed = learner(), learner()
+    rng = torch.get_rng_state()
+    lr_find(probed, num_it=20, repeats=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for learn in (plain, probed):  # both fits draw from the one global RNG: give each the same start
+        torch.set_rng_state(rng)
+        learn.fit(1, 1e-3)
+    assert np.array_equal(plain.recorder.losses, probed.recorder.losses)
 
 
 # --------------------------------------------------------------------------- repeats and the result

@@ -22,6 +22,7 @@ from convscope.data.batches import DeviceBatches
 from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
 from convscope.runs.saver import RunSaver
+from convscope.stats.activations import ActivationStats
 from convscope.stats.noise_scale import (
     GradientNoiseScale,
     ema,
@@ -152,13 +153,14 @@ def train_cnn(mnist_tensors, cbs):
     x, y, xt, yt = mnist_tensors
     counter = CountForwards()
     learn = Learner(cnn_with_dropout(), DeviceBatches(x[:2048], y[:2048], 256, shuffle=True, drop_last=True),
-                    DeviceBatches(xt[:512], yt[:512], 512), cbs=[counter, *cbs])
+                    DeviceBatches(xt[:512], yt[:512], 512), cbs=[counter, ActivationStats(), *cbs])
     learn.fit_one_cycle(2, 0.06)
     return learn, counter.calls
 
 
 def test_training_is_bit_identical_with_and_without_the_callback(mnist_tensors):
-    """BatchNorm and dropout: same weights, BN buffers, optimizer state, losses; no extra forward."""
+    """BatchNorm and dropout: same weights, BN buffers, optimizer state, losses, activation and gradient
+    statistics; no extra forward."""
     plain, plain_forwards = train_cnn(mnist_tensors, [])
     measured, measured_forwards = train_cnn(mnist_tensors, [GradientNoiseScale(every=1, flush_every=3)])
     assert len(measured.gradient_noise_scale.steps) == 16
@@ -167,6 +169,9 @@ def test_training_is_bit_identical_with_and_without_the_callback(mnist_tensors):
     for sa, sb in zip(plain.opt.state.values(), measured.opt.state.values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert np.array_equal(plain.recorder.losses, measured.recorder.losses)
+    a, b = plain.activation_stats.data, measured.activation_stats.data
+    for field in ("steps", "mean", "std", "near_zero", "grad_norm", "update_ratio"):
+        assert np.array_equal(getattr(a, field), getattr(b, field), equal_nan=True), field
     assert plain_forwards == measured_forwards == 16 + 2  # 16 training batches + 2 validation passes
 
 
@@ -179,7 +184,7 @@ def test_recorded_norms_match_an_independent_autograd_computation(mnist_tensors)
     gns = GradientNoiseScale(every=3, micro_bs=96)
     learn = Learner(model, DeviceBatches(x[:1024], y[:1024], 256), cbs=[gns])
     learn.fit(1, 1e-3)
-    assert gns.steps.tolist() == [1, 4] and gns.b_small.tolist() == [96, 96] and gns.b_big.tolist() == [256, 256]
+    assert gns.steps.tolist() == [0, 3] and gns.b_small.tolist() == [96, 96] and gns.b_big.tolist() == [256, 256]
 
     initial.train()
     pred = initial(x[:256])
@@ -200,7 +205,7 @@ def test_run_saver_writes_noise_scale_npz(mnist_tensors, tmp_path):
     learn.fit(1, 1e-3)
     with np.load(tmp_path / "noise_scale.npz", allow_pickle=False) as f:
         saved = {k: f[k] for k in f.files}
-    assert saved["step"].tolist() == list(range(1, 17, 2))
+    assert saved["step"].tolist() == list(range(0, 16, 2))
     assert {"g2_small", "g2_big", "b_small", "b_big", "g2", "tr_sigma", "b_simple"} <= set(saved)
     # The saved B_simple is the ratio of EMAs of the saved raw norms, recomputed here from scratch.
     g2 = (128 * saved["g2_big"] - 64 * saved["g2_small"]) / 64

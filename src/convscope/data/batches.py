@@ -76,7 +76,9 @@ class DeviceBatches:
         return {"generator": self.generator.get_state(), "epoch_start": self.epoch_start_state}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back exactly what `state_dict` saved (both generator states)."""
         self.generator.set_state(state["generator"])
+        self.epoch_start_state = state.get("epoch_start", state["generator"]).clone()
 
     def resume_epoch(self, state: dict[str, torch.Tensor], skip: int) -> None:
         """Make the next iteration continue where `state` was saved: mid-epoch (`skip` > 0) replays that

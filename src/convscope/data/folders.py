@@ -211,6 +211,8 @@ def _random_split(
 def _open(path: Path) -> Image.Image:
     try:
         return Image.open(path)
+    except PermissionError as exc:  # the file may be a fine image: the fix is its permissions, not a new copy
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise _open_error(path, exc) from None
 

@@ -253,6 +253,12 @@ def load_dataset(
                 f"{folder}: missing {', '.join(missing)}; put the four MNIST-style IDX files there"
             )
         display, classes = folder.resolve().name, [str(d) for d in range(10)]
+    elif Path(name).expanduser().exists():
+        raise DataError(f"{name}: is a file, not a folder; pass the folder that holds the four IDX files")
+    elif any(sep in name for sep in ("/", os.sep)) or name.startswith((".", "~")):
+        # It reads as a path, so "unknown dataset" would mislead: say the folder is not there.
+        raise DataError(f"{name}: no such folder; pass a folder of IDX files or class folders, or one of the "
+                        f"known datasets: {', '.join(DATASETS)}")
     else:
         _spec(name)  # raises the unknown-name error
         raise AssertionError("unreachable")
@@ -311,9 +317,8 @@ def _missing(folder: Path) -> list[str]:
 
 def _from_root(name: str, root: Path) -> Path:
     if not root.is_dir():
-        raise DataError(
-            f"{root}: no such folder; pass root=<folder holding the four {name} files or {name}/>"
-        )
+        what = "is a file, not a folder" if root.exists() else "no such folder"
+        raise DataError(f"{root}: {what}; pass root=<folder holding the four {name} files or {name}/>")
     if not _missing(root):
         return root
     sub = root / name

@@ -13,7 +13,9 @@ leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,31 +81,29 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": groups}
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (disk full, read-only, ...) raised as the OSError they
+    are: safetensors wraps them in SafetensorError text, which callers could not tell from a bug."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+
+
 def save_checkpoint(run_dir: str | Path, learn: Any, epoch: int, next_iter: int, keep: int = 2) -> Path:
     """Write a checkpoint from which training continues at batch `next_iter` of `epoch`."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: _cpu(v) for k, v in learn.model.state_dict().items()}, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(learn.opt.state_dict()) if learn.opt is not None else ({}, None)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"cuda.{i}"] = s
-    data_state = getattr(learn.train_data, "state_dict", None)
-    if callable(data_state):
-        rng.update({f"data.{k}": v for k, v in data_state().items()})
-    save_file(rng, str(tmp / "rng.safetensors"))
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    atomic_write_json(tmp / "state.json", {
-        "epoch": epoch, "iter": next_iter, "train_iter": learn.train_iter, "n_epochs": learn.n_epochs,
-        "optimizer": opt_meta,
-        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    })
+    try:
+        _write_files(tmp, learn, epoch, next_iter)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half checkpoint behind
+        raise
     # Rotate: checkpoint.(keep-1) is dropped, checkpoint.i -> checkpoint.(i+1), checkpoint -> checkpoint.1.
     shutil.rmtree(run_dir / f"{CHECKPOINT}.{keep - 1}", ignore_errors=True) if keep > 1 else None
     for i in range(keep - 2, 0, -1):
@@ -120,13 +120,59 @@ def save_checkpoint(run_dir: str | Path, learn: Any, epoch: int, next_iter: int,
     return current
 
 
+def _write_files(tmp: Path, learn: Any, epoch: int, next_iter: int) -> None:
+    """The checkpoint's four files, into the folder `tmp`; state.json last (it marks a whole checkpoint)."""
+    _save_tensors({k: _cpu(v) for k, v in learn.model.state_dict().items()}, tmp / "model.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(learn.opt.state_dict()) if learn.opt is not None else ({}, None)
+    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = s
+    data_state = getattr(learn.train_data, "state_dict", None)
+    if callable(data_state):
+        rng.update({f"data.{k}": v for k, v in data_state().items()})
+    _save_tensors(rng, tmp / "rng.safetensors")
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    atomic_write_json(tmp / "state.json", {
+        "epoch": epoch, "iter": next_iter, "train_iter": learn.train_iter, "n_epochs": learn.n_epochs,
+        "optimizer": opt_meta,
+        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    })
+
+
 def _read(path: Path) -> Checkpoint:
     state = read_json(path / "state.json")
+    problem = _state_problem(state)
+    if problem:
+        raise RunError(f"checkpoint {path}/state.json {problem}; an older one may remain in {path.name}.1")
     try:
         return Checkpoint(path, state, load_file(str(path / "model.safetensors")),
                           load_file(str(path / "optimizer.safetensors")), load_file(str(path / "rng.safetensors")))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise RunError(f"checkpoint {path} is damaged ({exc}); an older one may remain in {path.name}.1") from None
+    except Exception as exc:
+        # SafetensorError mostly, but a damaged header can also surface as OSError, ValueError, TypeError,
+        # OverflowError or MemoryError from the bindings: each means the same damaged file (no pickles run).
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise RunError(f"checkpoint {path} is damaged ({detail}); an older one may remain in {path.name}.1") from None
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with a state.json's content (None: usable), so a resume fails here, not mid-restore."""
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    for key in ("epoch", "iter", "train_iter"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            return f"has no whole number >= 0 for {key!r}"
+    py, npr = state.get("python_rng"), state.get("numpy_rng")
+    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[1], list)):
+        return "has no usable python_rng"
+    if not (isinstance(npr, list) and len(npr) == 5 and isinstance(npr[1], list)):
+        return "has no usable numpy_rng"
+    if state.get("optimizer") is not None and not isinstance(state["optimizer"], dict):
+        return "has an optimizer entry that is not a JSON object"
+    return None
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
@@ -167,6 +213,17 @@ def restore_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], sour
 def restore_learner(learn: Any, ckpt: Checkpoint) -> None:
     """Put weights, optimizer, RNG streams, data order and counters back as they were when saved."""
     restore_model(learn.model, ckpt.model, ckpt.path)
+    try:
+        _restore_state(learn, ckpt)
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        # Every value used here comes from the checkpoint's files: when one does not fit (a damaged or
+        # hand-edited file, another convscope version), say so instead of showing torch's or numpy's traceback.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise RunError(f"checkpoint {ckpt.path} cannot be restored ({detail}); it is damaged or was written by "
+                       f"another convscope version, an older one may remain in {ckpt.path.name}.1") from None
+
+
+def _restore_state(learn: Any, ckpt: Checkpoint) -> None:
     if learn.opt is None:
         learn.create_opt()
     if ckpt.state.get("optimizer"):

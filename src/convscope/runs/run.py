@@ -47,9 +47,14 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run folder {path} does not exist; pass the folder that `convscope train` printed")
-    return Run(
-        path=path,
-        config=read_json(path / "config.json"),
-        metrics=read_jsonl(path / "metrics.jsonl"),
-        steps=read_npz(path / "steps.npz"),
-    )
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):  # readers look settings up by name
+        raise RunError(f"{path / 'config.json'} is not a JSON object of settings; the run folder is damaged")
+    steps = read_npz(path / "steps.npz")
+    # One number per optimizer step in every array: plots and diagnosis index them together.
+    lengths = {len(a) for a in steps.values() if a.ndim == 1 and a.dtype.kind in "biuf"}
+    if len(lengths) > 1 or any(a.ndim != 1 or a.dtype.kind not in "biuf" for a in steps.values()):
+        shapes = ", ".join(f"{k} {a.shape} {a.dtype}" for k, a in steps.items())
+        raise RunError(f"{path / 'steps.npz'} does not hold one number per step in each array ({shapes}); "
+                       "the run folder is damaged")
+    return Run(path=path, config=config, metrics=read_jsonl(path / "metrics.jsonl"), steps=steps)

@@ -26,6 +26,7 @@ class RunSaver(Callback):
         self.path = Path(path)
         self.config = config
         self.checkpoint_every, self.keep = checkpoint_every, keep
+        self._position = self._saved = None  # set here too: after_fit runs even when before_fit failed
 
     def before_fit(self) -> None:
         atomic_write_json(self.path / "config.json", self.config)
@@ -45,7 +46,14 @@ class RunSaver(Callback):
         self.save_checkpoint(*self._position)
 
     def after_fit(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except OSError:
+            if self.learn.exception is None:
+                raise
+            # fit already failed, most often on this same full or read-only disk: report that first error,
+            # not this echo of it (the files on disk are still whole earlier versions: writes are atomic).
+            return
         if self.learn.exception is None and self._position is not None and self._position != self._saved:
             self.save_checkpoint(*self._position)
         finding = getattr(self.learn.exception, "finding", None)

@@ -29,17 +29,29 @@ from ..errors import RunError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename; an OSError names `path` (the file meant,
+    not the temporary one), so a full or read-only disk can be reported with the right file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error (OSError picks the subclass from errno), about `path`."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -69,6 +81,8 @@ def create_run_dir(parent: str | Path, name: str) -> Path:
     """Make `parent/name`, refusing to reuse an existing folder (a run never overwrites another)."""
     parent = Path(parent)
     path = parent / name
+    if parent.exists() and not parent.is_dir():  # else mkdir's FileExistsError would read "already exists"
+        raise RunError(f"--out {parent} is a file, not a folder; choose another --out")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
@@ -84,22 +98,35 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise RunError(f"{path} is missing: is this a convscope run folder?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
         raise RunError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+    except RecursionError:  # json gives up on thousands of nested brackets
+        raise RunError(f"{path} is nested too deeply to be convscope's JSON; the run folder is damaged") from None
+    except OSError as exc:  # a folder where the file should be, no read permission, ...
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc}); check the run folder") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a missing file is an empty list."""
     if not Path(path).exists():
         return []
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise RunError(f"{path} is not UTF-8 text ({exc}); the run folder is damaged") from None
+    except OSError as exc:
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc}); check the run folder") from None
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, an integer of > 4300 digits
             raise RunError(f"{path} line {i} is not valid JSON ({exc}); the run folder is damaged") from None
+        if not isinstance(row, dict):  # readers index rows by name: a list or a number there is damage
+            raise RunError(f"{path} line {i} is not a JSON object; the run folder is damaged")
+        rows.append(row)
     return rows
 
 
@@ -110,5 +137,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise RunError(f"{path} cannot be read as .npz ({exc}); the run folder is damaged") from None
+    except Exception as exc:
+        # A damaged .npz fails deep inside zipfile, zlib or numpy's header parser, with whatever error
+        # they pick (BadZipFile, zlib.error, KeyError, NotImplementedError, MemoryError, ...): all of them
+        # mean the same thing here, and the file was read as data only (no pickles), so none is a bug.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split()).removesuffix(":")  # one line
+        raise RunError(f"{path} cannot be read as .npz ({detail}); the run folder is damaged") from None

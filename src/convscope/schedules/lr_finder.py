@@ -112,7 +112,7 @@ class _Snapshot:
     grads: list[torch.Tensor | None]
     opt: torch.optim.Optimizer | None
     opt_state: dict[str, Any] | None
-    data_state: Any
+    data_state: _DataOrder
     rng_state: torch.Tensor
     cuda_rng_states: list[torch.Tensor] | None
     learner_vars: dict[str, Any]
@@ -125,20 +125,34 @@ def _data_generator(data: Any) -> torch.Generator | None:
     return gen if isinstance(gen, torch.Generator) else None
 
 
-def _save_data_order(data: Any) -> Any:
-    if callable(getattr(data, "state_dict", None)):
-        return _clone(data.state_dict())
-    gen = _data_generator(data)
-    return gen.get_state() if gen is not None else None  # otherwise the order comes from torch's RNG
+@dataclass
+class _DataOrder:
+    """What iterating the training data changes: its state_dict (if it has one), its attributes (an
+    iteration reassigns some, e.g. DeviceBatches' epoch_start_state and next_start) and the state of
+    any torch.Generator among them (mutated in place by each shuffle)."""
+
+    state: Any
+    attrs: dict[str, Any]
+    generators: dict[str, torch.Tensor]
 
 
-def _load_data_order(data: Any, state: Any) -> None:
-    if state is None:
-        return
-    if callable(getattr(data, "load_state_dict", None)):
-        data.load_state_dict(_clone(state))
-    else:
-        _data_generator(data).set_state(state)
+def _save_data_order(data: Any) -> _DataOrder:
+    attrs = dict(vars(data)) if hasattr(data, "__dict__") else {}  # references only: no copy of the data
+    return _DataOrder(
+        state=_clone(data.state_dict()) if callable(getattr(data, "state_dict", None)) else None,
+        attrs=attrs,
+        generators={k: v.get_state() for k, v in attrs.items() if isinstance(v, torch.Generator)},
+    )
+
+
+def _load_data_order(data: Any, saved: _DataOrder) -> None:
+    if saved.state is not None:
+        data.load_state_dict(_clone(saved.state))
+    for k, v in saved.attrs.items():
+        if getattr(data, k, None) is not v:  # only what changed: a DataLoader refuses some reassignments
+            setattr(data, k, v)
+    for k, state in saved.generators.items():
+        getattr(data, k).set_state(state)  # otherwise the order comes from torch's RNG, restored too
 
 
 def _take_snapshot(learn: Learner) -> _Snapshot:

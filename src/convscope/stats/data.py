@@ -100,13 +100,33 @@ class ActivationStatsData:
         missing = [f.name for f in fields(cls) if f.name not in arrays and f.name != "kinds"]
         if missing:
             raise RunError(f"{path} lacks {', '.join(missing)}; it was not written by convscope's ActivationStats")
+        # Check every array's kind and shape before use: a damaged file must fail here with its name, not
+        # later inside a plot or a diagnosis rule with a numpy traceback.
+        for name in ("layers", "kinds"):
+            if name in arrays and (arrays[name].ndim != 1 or arrays[name].dtype.kind != "U"):
+                raise RunError(f"{path}: {name} is not a list of names; the file is damaged")
+        every = arrays["every"]
+        if every.size != 1 or every.dtype.kind not in "iu" or int(every.reshape(-1)[0]) < 1:
+            raise RunError(f"{path}: every is not one whole number >= 1; the file is damaged")
+        n_layers = len(arrays["layers"])
+        if "kinds" in arrays and len(arrays["kinds"]) not in (0, n_layers):
+            raise RunError(f"{path}: kinds has {len(arrays['kinds'])} names for {n_layers} layers; the file is damaged")
+        steps = arrays["steps"]
+        if steps.ndim != 1 or steps.dtype.kind not in "iu":
+            raise RunError(f"{path}: steps is not a list of whole numbers; the file is damaged")
+        n = len(steps)
+        expected = {name: (n, n_layers) for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio")}
+        expected["hist_range"] = (n_layers, 2)
+        for name, shape in expected.items():
+            if arrays[name].shape != shape or arrays[name].dtype.kind not in "iuf":
+                raise RunError(f"{path}: {name} has shape {arrays[name].shape} {arrays[name].dtype}, expected "
+                               f"{shape} numbers; the file is damaged")
+        hist = arrays["hist"]
+        if hist.ndim != 3 or hist.shape[:2] != (n, n_layers) or hist.dtype.kind not in "iuf":
+            raise RunError(f"{path}: hist has shape {hist.shape} {hist.dtype}, expected ({n}, {n_layers}, bins) "
+                           "numbers; the file is damaged")
         kwargs = {f.name: arrays[f.name] for f in fields(cls) if f.name in arrays}
         kwargs["layers"] = [str(s) for s in arrays["layers"]]
         kwargs["kinds"] = [str(s) for s in arrays.get("kinds", [])]
-        kwargs["every"] = int(arrays["every"])
-        data = cls(**kwargs)
-        n, n_layers = len(data.steps), len(data.layers)
-        for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio"):
-            if getattr(data, name).shape != (n, n_layers):
-                raise RunError(f"{path}: {name} has shape {getattr(data, name).shape}, expected {(n, n_layers)}")
-        return data
+        kwargs["every"] = int(every.reshape(-1)[0])
+        return cls(**kwargs)

@@ -1,0 +1,146 @@
+"""The book's three learning-rate questions, answered with data on the user's own model.
+
+Why warm up from a low lr? Why train at a high one? Why end low? `lr_study` trains the same model from
+the same initial weights on the same data order, for the same number of steps, under four schedules:
+
+    constant-high   lr_max the whole time
+    constant-low    lr_max / 25 the whole time (1cycle's starting lr)
+    warmup-constant linear warm-up over the first 10%, then lr_max
+    one-cycle       warm up, train high, anneal low (cosine), with momentum cycling
+
+and records activation statistics for each, so the early-training behaviour (collapse of activations
+to zero without warm-up) is measured, not described.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .config import TrainConfig
+from .data.batches import DeviceBatches
+from .diagnose.rules import _episodes
+from .errors import ConfigError
+from .experiment import build_batches, fit_to_input
+from .models.cnn import simple_cnn
+from .schedules import Constant, ParamScheduler, one_cycle_schedules, warmup_constant
+from .stats.activations import ActivationStats
+from .train.learner import Learner
+
+SCHEDULES = ("constant-high", "constant-low", "warmup-constant", "one-cycle")
+EARLY = 0.25  # "early training": the first quarter of the steps
+
+
+def schedule_for(name: str, lr_max: float) -> dict[str, Any]:
+    if name == "constant-high":
+        return {"lr": Constant(lr_max)}
+    if name == "constant-low":
+        return {"lr": Constant(lr_max / 25)}
+    if name == "warmup-constant":
+        return {"lr": warmup_constant(lr_max, 0.1)}
+    if name == "one-cycle":
+        return one_cycle_schedules(lr_max)
+    raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class StudyRow:
+    schedule: str
+    accuracy: float
+    final_loss: float
+    early_near_zero: float  # mean near-zero share over the first quarter, mean over non-BN layers
+    peak_near_zero: float  # highest per-step mean near-zero share in the first quarter
+    collapses: int  # collapse episodes (near-zero jumping above 90% from below 60%) in any layer
+    lrs: np.ndarray
+    losses: np.ndarray
+    near_zero: np.ndarray  # per recorded step, mean over non-BN layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule, "accuracy": self.accuracy, "final_loss": self.final_loss,
+                "early_near_zero": self.early_near_zero, "peak_near_zero": self.peak_near_zero,
+                "collapses": self.collapses}
+
+
+def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn, data) -> StudyRow:
+    train_dl, valid_dl = data
+    torch.manual_seed(cfg.seed)
+    model = model_fn()
+    model.load_state_dict(init)
+    # A fresh generator with the same seed: every schedule sees the same batches in the same order.
+    dl = DeviceBatches(train_dl.x, train_dl.y, cfg.bs, shuffle=True, drop_last=True, seed=cfg.seed)
+    learn = Learner(model, dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=[ActivationStats(with_hist=False)])
+    learn.fit(cfg.epochs, cfg.lr, cbs=[ParamScheduler(schedule_for(name, cfg.lr))])
+    stats = learn.activation_stats.data
+    signal = [i for i, k in enumerate(stats.kinds) if "Norm" not in k]
+    nz = stats.near_zero[:, signal].mean(axis=1)
+    early = slice(0, max(1, int(len(nz) * EARLY)))
+    losses = learn.recorder.losses
+    k = max(1, len(losses) // 10)
+    return StudyRow(name, learn.recorder.epochs[-1]["accuracy"], float(losses[-k:].mean()),
+                    float(nz[early].mean()), float(nz[early].max()),
+                    max(len(_episodes(stats.near_zero[:, i])) for i in signal), learn.recorder.lrs, losses, nz)
+
+
+def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[StudyRow]:
+    """Train `cfg`'s model once per schedule from identical starts; return one row per schedule."""
+    for name in schedules:
+        schedule_for(name, cfg.lr)  # validate names before any work
+    device = torch.device("cpu") if cfg.device == "auto" else torch.device(cfg.device)
+    train_dl, valid_dl, info = build_batches(cfg, device)
+
+    def model_fn():
+        m = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
+                       first_kernel=cfg.first_kernel, bn=cfg.bn)
+        return fit_to_input(m, info).to(device)
+
+    torch.manual_seed(cfg.seed)
+    init = copy.deepcopy(model_fn().state_dict())
+    return [run_one(name, cfg, init, model_fn, (train_dl, valid_dl)) for name in schedules]
+
+
+def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
+    from .report.plots import smooth
+
+    fig = Figure(figsize=(12, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for row in rows:
+        steps = np.arange(len(row.lrs))
+        axes[0, 0].plot(steps, row.lrs, label=row.schedule)
+        axes[0, 1].plot(steps, smooth(row.losses, 0.9), label=row.schedule)
+        axes[1, 0].plot(np.arange(len(row.near_zero)), 100 * row.near_zero, label=row.schedule)
+    axes[0, 0].set(title="learning rate", xlabel="step", yscale="log")
+    axes[0, 1].set(title="training loss (smoothed)", xlabel="step", yscale="log")
+    axes[1, 0].set(title="% activations near zero (mean over conv/ReLU layers)", xlabel="step", ylim=(0, 100))
+    names = [r.schedule for r in rows]
+    acc = [100 * r.accuracy for r in rows]
+    bars = axes[1, 1].bar(names, acc, color=[f"C{i}" for i in range(len(rows))])
+    axes[1, 1].bar_label(bars, labels=[f"{a:.2f}%" for a in acc])
+    low = min(acc)
+    axes[1, 1].set(title="test accuracy", ylim=(max(0, low - 5), 100))
+    for ax in axes.flat[:3]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_study(rows: list[StudyRow], cfg: TrainConfig, run_dir: Path) -> None:
+    from .runs.store import atomic_write_bytes, atomic_write_json
+
+    best = max(r.accuracy for r in rows)
+    atomic_write_json(run_dir / "lr_study.json", {"config": cfg.to_dict(), "best_accuracy": best,
+                                                  "rows": [r.to_dict() for r in rows]})
+    fig = plot_study(rows, f"same start, same data, {cfg.epochs} epoch(s), lr_max {cfg.lr}, bs {cfg.bs}, "
+                           f"{'with' if cfg.bn else 'no'} BatchNorm")
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(run_dir / "lr_study.png", buf.getvalue())

@@ -1,0 +1,512 @@
+"""The bad-input catalogue, docs/bad_inputs.md, run row by row.
+
+The table is the single source of each row's command (or Python call), exact error line and exit code; this
+module reads it and holds only what the table cannot: how to prepare each input (`SETUPS`, keyed by the
+row's input column) and, for the rows where files legitimately change, what must still hold. For every row
+it checks the exact line, the exit code, that no traceback is printed, and that no file that existed before
+was added, changed or removed (unless the row's setup says what changes).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from convscope.cli import app
+from convscope.errors import ConvscopeError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+N_TRAIN, N_TEST = 1024, 256  # the tiny MNIST subset every row starts from
+IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of docs/bad_inputs.md."""
+
+    number: int
+    input: str
+    call: str  # the last code span of "how to reproduce": a `convscope ...` command or a Python call
+    line: str  # the exact error line; "…" matches any text
+    exit_code: int | None  # None: a Python call, which raises instead of exiting
+    kept: str
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.input.lower()).strip("-")
+
+    @property
+    def id(self) -> str:
+        return f"{self.number:02d}-{self.key}"
+
+
+def code_spans(cell: str) -> list[str]:
+    """Markdown code spans of a table cell (`x` or ``x with `ticks` ``), without their fences."""
+    spans = []
+    for match in re.finditer(r"(`+)(.+?)\1(?!`)", cell):
+        text = match.group(2)
+        spans.append(text[1:-1] if len(text) > 2 and text[0] == text[-1] == " " else text)
+    return spans
+
+
+def parse_catalogue(text: str) -> list[Row]:
+    rows = []
+    for line in text.splitlines():
+        if not re.match(r"\|\s*\d+\s*\|", line):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        number, what, how, printed, code, kept = cells
+        rows.append(Row(int(number), what, code_spans(how)[-1], code_spans(printed)[0],
+                        None if code in ("—", "-") else int(code), kept))
+    return rows
+
+
+ROWS = parse_catalogue(DOC.read_text())
+
+
+# --- preparing the inputs -------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One row's working folder and what its setup asked for."""
+
+    tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+    tiny_run: Path
+    namespace: dict[str, Any] = field(default_factory=dict)  # names a Python row's call may use
+    real_process: bool = False  # run the command in a fresh `python -m convscope` process
+    check: Callable[[dict[str, str], dict[str, str]], None] | None = None  # replaces "nothing changed"
+
+    @property
+    def data(self) -> Path:
+        return self.tmp / "data"
+
+    @property
+    def mnist(self) -> Path:
+        return self.data / "mnist"
+
+    @property
+    def run(self) -> Path:
+        return self.tmp / "runs" / "r"
+
+    def copy_run(self) -> Path:
+        shutil.copytree(self.tiny_run, self.run)
+        return self.run
+
+    def fill(self, text: str) -> str:
+        return text.replace("<run>", str(self.run)).replace("<data>", str(self.data)).replace("<tmp>", str(self.tmp))
+
+    def unreadable(self, path: Path, opener: tuple[Any, str]) -> None:
+        """chmod 000 `path`; as root (whom chmod does not stop) also make `opener` refuse it with EACCES."""
+        path.chmod(0)
+        owner, name = opener
+        real = getattr(owner, name)
+
+        def refusing(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if Path(target) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(target, *args, **kwargs)
+
+        if os.geteuid() == 0:
+            self.monkeypatch.setattr(owner, name, refusing)
+
+
+SETUPS: dict[str, Callable[[Case], None]] = {}
+
+
+def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], None]]:
+    def register(fn: Callable[[Case], None]) -> Callable[[Case], None]:
+        for key in keys:
+            SETUPS[key] = fn
+        return fn
+
+    return register
+
+
+@setup("dataset-folder-that-does-not-exist", "dataset-path-is-a-file", "data-root-is-a-file", "lr-0", "negative-lr",
+       "lr-nan", "bs-0", "bs-larger-than-the-dataset", "epochs-1", "pct-start-outside-0-1-in-a-config",
+       "unknown-schedule", "unknown-dataset", "unknown-device", "checkpoint-every-0", "limit-train-0",
+       "channels-not-numbers", "channels-with-a-zero", "run-name-that-is-a-path", "out-is-a-file",
+       "out-below-a-file", "resume-of-a-missing-run", "resume-of-a-folder-that-is-not-a-run",
+       "report-of-a-missing-run", "diagnose-of-a-folder-that-is-not-a-run")
+def plain(case: Case) -> None:
+    """The tiny MNIST as it is: the command alone is the bad input."""
+
+
+@setup("missing-data-folder")
+def in_a_real_process(case: Case) -> None:
+    case.real_process = True  # one row proves the whole path: a real process, real stderr, real exit status
+
+
+@setup("idx-file-missing")
+def idx_file_missing(case: Case) -> None:
+    (case.mnist / "t10k-labels-idx1-ubyte").unlink()
+
+
+@setup("unreadable-idx-file")
+def unreadable_idx(case: Case) -> None:
+    case.unreadable(case.mnist / "train-labels-idx1-ubyte", (Path, "read_bytes"))
+
+
+def _gzipped_labels(case: Case) -> bytearray:
+    raw = case.mnist / "train-labels-idx1-ubyte"
+    packed = bytearray(gzip.compress(raw.read_bytes(), mtime=0))
+    raw.unlink()
+    return packed
+
+
+@setup("corrupt-gzip")
+def corrupt_gzip(case: Case) -> None:
+    packed = _gzipped_labels(case)
+    packed[len(packed) // 2] ^= 0xFF  # inside the deflate stream: zlib (or the CRC check) refuses it
+    (case.mnist / "train-labels-idx1-ubyte.gz").write_bytes(packed)
+
+
+@setup("truncated-gzip")
+def truncated_gzip(case: Case) -> None:
+    packed = _gzipped_labels(case)
+    (case.mnist / "train-labels-idx1-ubyte.gz").write_bytes(packed[: len(packed) // 2])
+
+
+@setup("truncated-idx")
+def truncated_idx(case: Case) -> None:
+    path = case.mnist / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:10_000])
+
+
+@setup("wrong-magic-number")
+def wrong_magic(case: Case) -> None:
+    path = case.mnist / "train-images-idx3-ubyte"
+    path.write_bytes(b"GIF8" + path.read_bytes()[4:])
+
+
+@setup("image-label-count-mismatch")
+def count_mismatch(case: Case) -> None:
+    path = case.mnist / "train-labels-idx1-ubyte"
+    path.write_bytes(_idx_header(0x08, (1000,)) + path.read_bytes()[8 : 8 + 1000])
+
+
+@setup("labels-out-of-range")
+def labels_out_of_range(case: Case) -> None:
+    path = case.mnist / "train-labels-idx1-ubyte"
+    data = bytearray(path.read_bytes())
+    data[8 + 3] = 12
+    path.write_bytes(data)
+
+
+@setup("images-and-labels-files-swapped")
+def swapped(case: Case) -> None:
+    shutil.copyfile(case.mnist / "train-labels-idx1-ubyte", case.mnist / "train-images-idx3-ubyte")
+
+
+def _png(path: Path, size: tuple[int, int] = (8, 8)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], 128, dtype=np.uint8), "L").save(path)
+
+
+@setup("empty-image-folder")
+def empty_image_folder(case: Case) -> None:
+    (case.tmp / "imgs").mkdir()
+
+
+@setup("single-class-image-folder")
+def single_class(case: Case) -> None:
+    _png(case.tmp / "imgs" / "cat" / "a.png")
+    _png(case.tmp / "imgs" / "cat" / "b.png")
+
+
+@setup("class-folder-with-non-image-files-only")
+def non_images_only(case: Case) -> None:
+    single_class(case)
+    (case.tmp / "imgs" / "dog").mkdir()
+    (case.tmp / "imgs" / "dog" / "notes.txt").write_text("not an image")
+    (case.tmp / "imgs" / "dog" / "labels.csv").write_text("a,b\n")
+
+
+@setup("corrupt-image-file")
+def corrupt_image(case: Case) -> None:
+    single_class(case)
+    _png(case.tmp / "imgs" / "dog" / "a.png")
+    (case.tmp / "imgs" / "dog" / "b.png").write_text("this is text, not a PNG")
+
+
+@setup("unreadable-image-file")
+def unreadable_image(case: Case) -> None:
+    from PIL import Image
+
+    single_class(case)
+    _png(case.tmp / "imgs" / "dog" / "a.png")
+    _png(case.tmp / "imgs" / "dog" / "b.png")
+    case.unreadable(case.tmp / "imgs" / "dog" / "b.png", (Image, "open"))
+
+
+@setup("images-of-mixed-sizes")
+def mixed_sizes(case: Case) -> None:
+    single_class(case)
+    _png(case.tmp / "imgs" / "dog" / "a.png")
+    _png(case.tmp / "imgs" / "dog" / "b.png", size=(10, 8))
+
+
+@setup("pct-start-outside-0-1-in-a-fit")
+def tiny_learner(case: Case) -> None:
+    from convscope.data.batches import DeviceBatches
+    from convscope.models import simple_cnn
+    from convscope.train import Learner
+
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    learn = Learner(simple_cnn(), DeviceBatches(x, y, 32, shuffle=True, drop_last=True), DeviceBatches(x, y, 64))
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    case.namespace["learn"] = learn
+
+    def untouched(before: dict[str, str], after: dict[str, str]) -> None:
+        assert before == after
+        assert learn.train_iter == 0
+        for name, value in learn.model.state_dict().items():
+            assert torch.equal(value, weights[name]), name
+
+    case.check = untouched
+
+
+@setup("cuda-asked-for-none-there")
+def no_cuda(case: Case) -> None:
+    case.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@setup("run-folder-exists", "resume-with-a-mismatched-model")
+def with_run(case: Case) -> None:
+    case.copy_run()
+
+
+def _failing(exc_errno: int, under: Path) -> Callable[..., None]:
+    """A stand-in for os.replace / mkdir: refuses any target below `under` as a full or read-only disk would."""
+    real_replace = os.replace
+
+    def refuse(src: Any, dst: Any = None, *args: Any, **kwargs: Any) -> None:
+        target = Path(dst if dst is not None else src)
+        if target.is_relative_to(under):
+            raise OSError(exc_errno, os.strerror(exc_errno))  # as a write() would: without a file name
+        return real_replace(src, dst, *args, **kwargs)
+
+    return refuse
+
+
+@setup("read-only-output-folder")
+def read_only_out(case: Case) -> None:
+    (case.tmp / "ro").mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.is_relative_to(case.tmp / "ro") and self != case.tmp / "ro":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    case.monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@setup("disk-full-at-the-start")
+def disk_full_at_start(case: Case) -> None:
+    case.monkeypatch.setattr(os, "replace", _failing(errno.ENOSPC, case.tmp / "runs"))
+
+    def only_out_folder_made(before: dict[str, str], after: dict[str, str]) -> None:
+        assert after == {**before, "runs/": "dir"}  # the --out folder it made, empty: no run folder in it
+
+    case.check = only_out_folder_made
+
+
+@setup("read-only-run-folder-on-resume")
+def read_only_run(case: Case) -> None:
+    case.copy_run()
+    case.monkeypatch.setattr(os, "replace", _failing(errno.EROFS, case.run))
+
+
+@setup("disk-full-while-writing-a-checkpoint")
+def disk_full_at_checkpoint(case: Case) -> None:
+    from safetensors import SafetensorError
+
+    import convscope.runs.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.save_file, []
+
+    def save_file(tensors: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        calls.append(filename)
+        if len(calls) > 3:  # the first checkpoint's three files are written; the disk is full from then on
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save(tensors, filename, *args, **kwargs)
+
+    case.monkeypatch.setattr(checkpoint, "save_file", save_file)
+
+    def step_one_kept(before: dict[str, str], after: dict[str, str]) -> None:
+        from convscope import load_run
+        from convscope.runs.checkpoint import load_checkpoint
+
+        assert all(after.get(name) == digest for name, digest in before.items()), "a file that existed changed"
+        ckpt = load_checkpoint(case.run)
+        assert (ckpt.train_iter, ckpt.iter) == (1, 1)  # the step-1 checkpoint, whole
+        assert not (case.run / ".checkpoint.tmp").exists(), "a half-written checkpoint was left behind"
+        assert len(load_run(case.run).steps["loss"]) == 2  # the run's other files are whole and readable
+
+    case.check = step_one_kept
+
+
+@setup("resume-of-a-checkpoint-with-garbage-weights")
+def garbage_weights(case: Case) -> None:
+    case.copy_run()
+    (case.run / "checkpoint" / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(1000))
+
+
+@setup("resume-of-a-truncated-state-json")
+def truncated_state(case: Case) -> None:
+    path = case.copy_run() / "checkpoint" / "state.json"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@setup("resume-of-a-state-json-with-wrong-content")
+def wrong_state(case: Case) -> None:
+    (case.copy_run() / "checkpoint" / "state.json").write_text('{"epoch": "one"}')
+
+
+@setup("resume-of-a-run-whose-config-json-is-not-settings")
+def config_not_settings(case: Case) -> None:
+    (case.copy_run() / "config.json").write_text("[1, 2]")
+
+
+@setup("diagnose-of-a-run-with-a-damaged-stats-npz")
+def damaged_stats(case: Case) -> None:
+    (case.copy_run() / "stats.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+
+
+def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding mnist/ with the first 1024 training and 256 test images of real MNIST (raw IDX)."""
+    root = tmp_path_factory.mktemp("tiny-mnist")
+    (root / "mnist").mkdir()
+    for name in IDX:
+        raw = gzip.decompress((data_dir / "mnist" / f"{name}.gz").read_bytes())
+        n = N_TRAIN if name.startswith("train") else N_TEST
+        dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3]))
+        item = int(np.prod(dims[1:]))
+        body = raw[4 + 4 * len(dims) :][: n * item]
+        (root / "mnist" / name).write_bytes(_idx_header(raw[2], (n, *dims[1:])) + body)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real finished run: one epoch of 4 steps (limit_train=1024, bs=256), with stats and a checkpoint."""
+    from convscope import TrainConfig, load_run
+    from convscope.diagnose import diagnose, save_findings
+    from convscope.experiment import train
+    from convscope.stats import ActivationStats
+
+    cfg = TrainConfig(data_root=str(tiny_mnist), limit_train=1024, bs=256, epochs=1, device="cpu",
+                      out=str(tmp_path_factory.mktemp("tiny-run")), name="r")
+    # stats=False + an ActivationStats callback: stats.npz is written, the slow HTML report is not.
+    result = train(cfg, stats=False, cbs=[ActivationStats()])
+    save_findings(result.run_dir, diagnose(load_run(result.run_dir)))
+    return result.run_dir
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> content digest of every file and folder under `root`."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_dir():
+            found[name + "/"] = "dir"
+            continue
+        try:
+            found[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except PermissionError:  # a row's unreadable file, when not root: its size and time must hold
+            stat = path.stat()
+            found[name] = f"unreadable {stat.st_size} {stat.st_mtime_ns}"
+    return found
+
+
+# --- the test -------------------------------------------------------------------------------------------
+
+
+def run_row(row: Row, case: Case) -> tuple[str, str, int | None]:
+    """(stderr, stdout, exit code) of the row's command, or ("Type: message", "", None) of its Python call."""
+    call = case.fill(row.call)
+    if not call.startswith("convscope "):
+        from convscope import TrainConfig
+        from convscope.experiment import train
+
+        namespace = {"TrainConfig": TrainConfig, "train": train, **case.namespace}
+        with pytest.raises(ConvscopeError) as info:
+            exec(call, namespace)
+        return f"{type(info.value).__name__}: {info.value}", "", None
+    argv = shlex.split(call)[1:]
+    if case.real_process:
+        proc = subprocess.run([sys.executable, "-m", "convscope", *argv], capture_output=True, text=True,
+                              cwd=case.tmp, env=dict(os.environ), timeout=300)
+        return proc.stderr, proc.stdout, proc.returncode
+    result = CliRunner().invoke(app, argv)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug, not a handled bad input: show its traceback
+    return result.stderr, result.stdout, result.exit_code
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mnist: Path,
+                   tiny_run: Path) -> None:
+    case = Case(tmp_path, monkeypatch, tiny_run)
+    shutil.copytree(tiny_mnist, case.data)
+    monkeypatch.setenv("CONVSCOPE_DATA", str(case.data))
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))  # a download would show up as new files
+    monkeypatch.chdir(tmp_path)  # a stray relative write would show up too
+    SETUPS[row.key](case)
+    before = snapshot(tmp_path)
+
+    stderr, stdout, code = run_row(row, case)
+
+    expected = case.fill(row.line)
+    pattern = ".*?".join(re.escape(part) for part in expected.split("…"))
+    printed = stderr.strip()
+    assert re.fullmatch(pattern, printed), f"\nexpected: {expected}\nprinted:  {printed}"
+    assert "\n" not in printed, "more than one line"
+    assert code == row.exit_code
+    assert "Traceback" not in stderr + stdout
+    after = snapshot(tmp_path)
+    if case.check is not None:
+        case.check(before, after)
+    else:
+        assert after == before, "files were added, changed or removed"
+
+
+def test_every_row_has_a_setup_and_every_setup_a_row() -> None:
+    keys = [row.key for row in ROWS]
+    assert len(keys) == len(set(keys)), "two rows share an input name"
+    assert sorted(set(keys) - set(SETUPS)) == [], "rows without a setup"
+    assert sorted(set(SETUPS) - set(keys)) == [], "setups without a row"
+    assert [row.number for row in ROWS] == list(range(1, len(ROWS) + 1))
+    assert len(ROWS) >= 25
