@@ -71,6 +71,7 @@ def test_lr_scaling_rules():
 
 def fake_row(bs, accuracy, seconds, b_late=1000.0):
     return {"bs": bs, "lr": 0.06, "steps": 60000 // bs, "accuracy": accuracy, "train_seconds": seconds,
+            "train_cpu_seconds": seconds,
             "samples_per_s": 60000 / seconds, "peak_mem_mb": 500.0 + bs / 10, "final_train_loss": 0.1,
             "steps_to_target": None, "b_simple_early": 200.0, "b_simple_late": b_late}
 
@@ -86,7 +87,7 @@ def test_recommendation_picks_the_fastest_setting_within_half_a_point_of_the_bes
     assert "~800 in the second half" in text and "below the critical batch size" in text
     assert "Memory is not the limit up to the largest batch tried (bs 1024)" in text and "602 MiB" in text
     table = markdown_table(rows)
-    assert table.count("\n") == 2 + len(rows) and "| 256 | 0.06 | 234 | 98.80% | 12.0 | 5,000 |" in table
+    assert table.count("\n") == 2 + len(rows) and "| 256 | 0.06 | 234 | 98.80% | 12.0 | 12.0 | 5,000 |" in table
 
 
 def first_loss_from_seed(mnist, n, bs, seed=42):
@@ -133,3 +134,11 @@ def test_tiny_sweep_writes_folder_json_figure_and_runs(runner, tmp_path, mnist):
         assert row["gns_measurements"] == len(range(0, steps, 2))
     b_crit = report["critical_batch_size"]  # strict JSON: a value that could not be estimated is null
     assert b_crit is None or (math.isfinite(b_crit) and b_crit > 0)
+
+
+def test_a_diverging_setting_is_reported_not_fatal(runner, tmp_path):
+    result = sweep(runner, tmp_path, "--bs", "256", "--lr", "100000", "--limit-train", "2048", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "runs" / "s" / "bs_sweep.json").read_text())["settings"][0]
+    assert "the loss became" in row["diverged"] and row["accuracy"] is None
+    assert "Every setting diverged" in result.stdout

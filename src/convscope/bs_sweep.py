@@ -39,7 +39,8 @@ from .train.guard import NonFiniteError
 LR_SCALINGS = ("none", "linear", "sqrt")
 MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
 ACCURACY_SLACK = 0.005  # "as good as the best": within half a percentage point of test accuracy
-FLOAT_FIELDS = ("accuracy", "valid_loss", "train_seconds", "samples_per_s", "gns_seconds", "final_train_loss",
+FLOAT_FIELDS = ("accuracy", "valid_loss", "train_seconds", "train_cpu_seconds", "samples_per_s", "gns_seconds",
+                "final_train_loss",
                 "peak_mem_mb", "b_simple_end", "b_simple_early", "b_simple_late")
 
 
@@ -119,10 +120,10 @@ class SweepResult:
 
 # --------------------------------------------------------------------------- inside one setting's process
 class _SweepTimer(Callback):
-    """Times the training phases (not validation)."""
+    """Times the training phases (not validation): wall time, and this process's CPU time."""
 
     order = 0
-    seconds = 0.0
+    seconds = cpu_seconds = 0.0
 
     def _sync(self) -> None:
         if self.learn.device.type == "cuda":
@@ -130,17 +131,18 @@ class _SweepTimer(Callback):
 
     def before_train(self) -> None:
         self._sync()
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def after_train(self) -> None:
         self._sync()
         self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
 
 
 class _TimedNoiseScale(GradientNoiseScale):
     """GradientNoiseScale that also measures the wall time of its own work (to subtract it)."""
 
-    seconds = 0.0
+    seconds = cpu_seconds = 0.0
 
     @property
     def name(self) -> str:
@@ -149,11 +151,12 @@ class _TimedNoiseScale(GradientNoiseScale):
     def _timed(self, work: Callable[[], None]) -> None:
         if self.learn.device.type == "cuda":
             torch.cuda.synchronize(self.learn.device)  # only on measured steps
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         work()
         if self.learn.device.type == "cuda":
             torch.cuda.synchronize(self.learn.device)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu_start
 
     def before_backward(self) -> None:
         if self.learn.training and self.learn.train_iter % self.every == 0:
@@ -198,7 +201,8 @@ def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
         "bs": cfg.bs, "lr": cfg.lr, "epochs": cfg.epochs, "run": result.run_dir.name, "device": str(learn.device),
         "steps": learn.train_iter, "samples": samples, "train_seconds": net_seconds,
         "samples_per_s": samples / net_seconds if net_seconds > 0 else float("nan"),
-        "gns_seconds": gns.seconds, "accuracy": last.get("accuracy"), "valid_loss": last.get("valid_loss"),
+        "train_cpu_seconds": timer.cpu_seconds - gns.cpu_seconds, "gns_seconds": gns.seconds,
+        "accuracy": last.get("accuracy"), "valid_loss": last.get("valid_loss"),
         "final_train_loss": float(np.mean(losses[-tail:])), "peak_mem_mb": peak, "mem_kind": mem_kind,
         "b_simple_end": float(gns.b_simple[-1]) if len(gns.b_simple) else float("nan"),
         "b_simple_early": gns.b_simple_window(0.0, 0.25), "b_simple_late": gns.b_simple_window(0.5, 1.0),
@@ -275,12 +279,13 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
         if on_setting is not None:
             on_setting(row)
     loss_target = _steps_to_target(sweep_dir, rows)
-    b_crit = _critical_batch_size(rows)
+    b_crit = median_noise_scale(rows)
     recommendation = recommend(rows, b_crit, device)
     atomic_write_json(sweep_dir / "bs_sweep.json", _strict_json({
         "config": asdict(cfg), "n_train": n_train, "device": str(device), "loss_target": loss_target,
         "critical_batch_size": b_crit, "settings": rows, "recommendation": recommendation}))
-    plot_sweep(sweep_dir, rows, b_crit, loss_target, sweep_dir / "bs_sweep.png")
+    plot_sweep(sweep_dir, rows, b_crit, loss_target, sweep_dir / "bs_sweep.png",
+               b_early=median_noise_scale(rows, "b_simple_early"))
     return SweepResult(sweep_dir, rows, b_crit, recommendation)
 
 
@@ -299,9 +304,9 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _critical_batch_size(rows: list[dict[str, Any]]) -> float:
-    """Median over the runs of B_simple in the second half of each run (where it has settled upward)."""
-    values = [r["b_simple_late"] for r in rows if _finite(r["b_simple_late"]) and r["b_simple_late"] > 0]
+def median_noise_scale(rows: list[dict[str, Any]], key: str = "b_simple_late") -> float:
+    """Median over the runs of one B_simple summary ('b_simple_late' = the critical batch size we report)."""
+    values = [r[key] for r in rows if not r.get("diverged") and _finite(r[key]) and r[key] > 0]
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -357,12 +362,13 @@ def format_noise_scale(value: float | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The sweep's rows as a Markdown table (what docs/bs_sweep.md shows)."""
-    head = ["bs", "lr", "steps", "test acc", "train s", "samples/s", "peak MiB", "final train loss",
+    head = ["bs", "lr", "steps", "test acc", "train s", "cpu s", "samples/s", "peak MiB", "final train loss",
             "steps to target", "B_simple early", "B_simple late"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         accuracy = "diverged" if r.get("diverged") else f"{r['accuracy']:.2%}"
         cells = [str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"] or "-"), accuracy, f"{r['train_seconds']:.1f}",
+                 f"{r['train_cpu_seconds']:.1f}",
                  f"{r['samples_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}", f"{r['final_train_loss']:.4f}",
                  str(r.get("steps_to_target") or "-"), format_noise_scale(r["b_simple_early"]),
                  format_noise_scale(r["b_simple_late"])]
@@ -379,7 +385,7 @@ def _window_b_simple(g2: np.ndarray, tr_sigma: np.ndarray, width: int) -> np.nda
 
 
 def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_target: float,
-               path: Path) -> None:
+               path: Path, b_early: float = float("nan")) -> None:
     """One figure: accuracy, time, steps against batch size (log2 axis), and the noise scale in training."""
     import matplotlib
 
@@ -387,7 +393,16 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    all_bs = [r["bs"] for r in rows]
+    rows = [r for r in rows if not r.get("diverged")]  # a diverged setting has no numbers to draw
     bs = [r["bs"] for r in rows]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"every setting diverged (bs {', '.join(map(str, all_bs))})", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     (ax_acc, ax_time), (ax_steps, ax_gns) = axes
     ax_acc.plot(bs, [100 * r["accuracy"] for r in rows], "o-")
@@ -397,7 +412,7 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
     ax_rate = ax_time.twinx()
     ax_rate.plot(bs, [r["samples_per_s"] for r in rows], "s--", color="C1", label="samples/s")
     ax_rate.set_ylabel("samples / s", color="C1")
-    ax_steps.plot(bs, [r["steps"] or float("nan") for r in rows], "o-", label="optimizer steps (whole run)")
+    ax_steps.plot(bs, [r["steps"] for r in rows], "o-", label="optimizer steps (whole run)")
     reached = [(r["bs"], r["steps_to_target"]) for r in rows if r.get("steps_to_target")]
     if reached:
         ax_steps.plot(*zip(*reached), "s-", label=f"steps to train loss {loss_target:.3f}")
@@ -409,14 +424,14 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
     ax_steps.legend(fontsize=8)
     for ax in (ax_acc, ax_time, ax_steps):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(bs, [str(b) for b in bs])
+        ax.set_xticks(all_bs, [str(b) for b in all_bs])
         ax.set_xlabel("batch size")
         ax.grid(alpha=0.3)
         if math.isfinite(b_crit):
             ax.axvline(b_crit, ls="--", color="red", alpha=0.6)
+        if math.isfinite(b_early):
+            ax.axvline(b_early, ls=":", color="red", alpha=0.6)
     for r in rows:
-        if r.get("diverged"):
-            continue
         arrays = read_npz(sweep_dir / r["run"] / "noise_scale.npz")
         if len(arrays.get("g2", ())) < 3:
             continue
@@ -424,12 +439,18 @@ def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_
         curve = _window_b_simple(arrays["g2"], arrays["tr_sigma"], width)
         ax_gns.plot(arrays["step"] / max(1, r["steps"]), curve, label=f"bs {r['bs']}")
     if math.isfinite(b_crit):
-        ax_gns.axhline(b_crit, ls="--", color="red", alpha=0.6, label=f"B_simple ~ {b_crit:,.0f}")
-    ax_gns.set(yscale="log", xlabel="fraction of training", ylabel="B_simple",
+        ax_gns.axhline(b_crit, ls="--", color="red", alpha=0.6, label=f"second half: ~{b_crit:,.0f}")
+    if math.isfinite(b_early):
+        ax_gns.axhline(b_early, ls=":", color="red", alpha=0.6, label=f"first quarter: ~{b_early:,.0f}")
+    if ax_gns.get_lines():  # a log axis with nothing on it cannot be drawn
+        ax_gns.set_yscale("log")
+    ax_gns.set(xlabel="fraction of training", ylabel="B_simple",
                title="gradient noise scale during training (moving ratio of means)")
     ax_gns.grid(alpha=0.3)
-    ax_gns.legend(fontsize=8)
-    fig.suptitle("batch-size sweep: red dashes = critical batch size (gradient noise scale)")
+    if ax_gns.get_legend_handles_labels()[0]:
+        ax_gns.legend(fontsize=8)
+    fig.suptitle("batch-size sweep\nred: gradient noise scale B_simple, median over the runs; dotted = first "
+                 "quarter of training, dashed = second half (the critical batch size)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,14 +30,15 @@ def results_table(rows: list[dict[str, Any]], title: str) -> Table:
     from .bs_sweep import format_noise_scale as _count
 
     table = Table(title=title)
-    head = ("bs", "lr", "steps", "test acc", "train s", "samples/s", "peak MiB", "final loss", "steps to target",
-            "B_simple early", "B_simple late")
+    head = ("bs", "lr", "steps", "test acc", "train s", "cpu s", "samples/s", "peak MiB", "final loss",
+            "steps to target", "B_simple early", "B_simple late")
     for col in head:
         table.add_column(col, justify="right")
     for r in rows:
         accuracy = "diverged" if r.get("diverged") else f"{r['accuracy']:.2%}"
         table.add_row(str(r["bs"]), f"{r['lr']:.4g}", str(r["steps"] or "-"), accuracy,
-                      f"{r['train_seconds']:.1f}", f"{r['samples_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}",
+                      f"{r['train_seconds']:.1f}", f"{r['train_cpu_seconds']:.1f}",
+                      f"{r['samples_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}",
                       f"{r['final_train_loss']:.4f}", str(r.get("steps_to_target") or "-"),
                       _count(r["b_simple_early"]), _count(r["b_simple_late"]))
     return table

@@ -18,7 +18,7 @@ def lr_study_command(
     data_root: Annotated[str | None, typer.Option(help="folder holding the dataset files")] = None,
     epochs: Annotated[int, typer.Option(help="budget: epochs per schedule")] = 1,
     lr: Annotated[float, typer.Option(help="the high (peak) learning rate")] = 0.06,
-    bs: Annotated[int, typer.Option(help="batch size")] = 128,
+    bs: Annotated[int, typer.Option(help="batch size")] = 512,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm (off by default: it hides the effect)")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",

@@ -60,6 +60,8 @@ class StudyRow:
     lrs: np.ndarray
     losses: np.ndarray
     near_zero: np.ndarray  # per recorded step, mean over non-BN layers
+    layer_near_zero: np.ndarray  # [steps, layers]: per non-BN layer
+    layers: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule, "accuracy": self.accuracy, "final_loss": self.final_loss,
@@ -84,7 +86,8 @@ def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn
     k = max(1, len(losses) // 10)
     return StudyRow(name, learn.recorder.epochs[-1]["accuracy"], float(losses[-k:].mean()),
                     float(nz[early].mean()), float(nz[early].max()),
-                    max(len(_episodes(stats.near_zero[:, i])) for i in signal), learn.recorder.lrs, losses, nz)
+                    max(len(_episodes(stats.near_zero[:, i])) for i in signal), learn.recorder.lrs, losses, nz,
+                    stats.near_zero[:, signal], [stats.layers[i] for i in signal])
 
 
 def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[StudyRow]:
@@ -109,14 +112,18 @@ def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
 
     fig = Figure(figsize=(12, 7.5), layout="constrained")
     axes = fig.subplots(2, 2)
+    # Show the layer where the schedules differ most: that is where a collapse shows.
+    spread = np.ptp(np.stack([r.layer_near_zero.mean(axis=0) for r in rows]), axis=0)
+    layer = int(np.argmax(spread))
     for row in rows:
         steps = np.arange(len(row.lrs))
         axes[0, 0].plot(steps, row.lrs, label=row.schedule)
         axes[0, 1].plot(steps, smooth(row.losses, 0.9), label=row.schedule)
-        axes[1, 0].plot(np.arange(len(row.near_zero)), 100 * row.near_zero, label=row.schedule)
+        axes[1, 0].plot(np.arange(len(row.near_zero)), 100 * row.layer_near_zero[:, layer], label=row.schedule)
     axes[0, 0].set(title="learning rate", xlabel="step", yscale="log")
     axes[0, 1].set(title="training loss (smoothed)", xlabel="step", yscale="log")
-    axes[1, 0].set(title="% activations near zero (mean over conv/ReLU layers)", xlabel="step", ylim=(0, 100))
+    axes[1, 0].set(title=f"% activations near zero in {rows[0].layers[layer]} (where schedules differ most)",
+                   xlabel="step", ylim=(0, 102))
     names = [r.schedule for r in rows]
     acc = [100 * r.accuracy for r in rows]
     bars = axes[1, 1].bar(names, acc, color=[f"C{i}" for i in range(len(rows))])
