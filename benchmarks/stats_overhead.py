@@ -3,7 +3,7 @@
 Contenders, each repeat in a fresh process, interleaved, real MNIST, simple_cnn + BN, bs 512, one
 epoch of fit_one_cycle on the CPU (no validation):
     none     no statistics
-    exact    ActivationStats(with_hist=True, every=1) on every layer with parameters
+    exact    ActivationStats(with_hist=True, every=1, sample=None) on every layer with parameters
     default  ActivationStats() with its default settings (every layer with parameters + activations)
     naive    the straightforward way: forward hooks reading each statistic with .item() and the histogram
              with .cpu(), every step (how fastai's callback works)
@@ -71,7 +71,7 @@ def worker(kind: str) -> dict[str, float]:
     cbs = []
     if kind == "exact":
         param_layers = [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
-        cbs = [ActivationStats(with_hist=True, every=1, modules=param_layers)]
+        cbs = [ActivationStats(with_hist=True, every=1, sample=None, modules=param_layers)]
     elif kind == "default":
         cbs = [ActivationStats()]
     elif kind == "naive":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -123,6 +124,10 @@ def idx_or_data_error(read: Callable[..., Any], *args: Any) -> None:
         read(*args)
     except DataError as exc:
         one_line(exc)
+        # Which check refused it, shown by --hypothesis-show-statistics: the fuzzers must reach them all.
+        event("DataError: " + re.sub(r"0x[0-9a-f]+|\d+", "N", str(exc).split(": ", 1)[-1])[:30])
+    else:
+        event("read")
 
 
 @fuzz(400)
@@ -242,6 +247,9 @@ def readers_raise_only_run_error(run: Path, name: str) -> None:
             read(run)
         except RunError as exc:
             one_line(exc)
+            event(f"{name}: RunError")
+        else:
+            event(f"{name}: read")
 
 
 def test_intact_run_reads(work_run: Path) -> None:

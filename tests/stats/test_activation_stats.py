@@ -94,9 +94,9 @@ def small_learner(mnist_tensors, cbs, n=4096, bs=256, bn=True):
 
 
 def test_sampled_rows_equal_unsampled_rows_at_the_same_steps(mnist_tensors):
-    full = small_learner(mnist_tensors, [ActivationStats(every=1)])
+    full = small_learner(mnist_tensors, [ActivationStats(every=1, sample=None)])
     full.fit_one_cycle(1, 0.06)
-    sampled = small_learner(mnist_tensors, [ActivationStats(every=4)])
+    sampled = small_learner(mnist_tensors, [ActivationStats(every=4, sample=None)])
     sampled.fit_one_cycle(1, 0.06)
     a, b = full.activation_stats, sampled.activation_stats
     assert list(a.steps) == list(range(16)) and list(b.steps) == [0, 4, 8, 12]
@@ -183,7 +183,7 @@ class Boom(Callback):
 
 @pytest.mark.parametrize("exc", [None, RuntimeError("boom"), KeyboardInterrupt()])
 def test_no_hooks_left_after_fit_exception_or_interrupt(mnist_tensors, exc):
-    learn = small_learner(mnist_tensors, [ActivationStats()], n=1024)
+    learn = small_learner(mnist_tensors, [ActivationStats(every=1)], n=1024)
     cbs = [] if exc is None else [Boom(exc)]
     if exc is None:
         learn.fit(1, 1e-3, cbs=cbs)
@@ -197,7 +197,7 @@ def test_no_hooks_left_after_fit_exception_or_interrupt(mnist_tensors, exc):
 
 def test_saved_run_loads_in_another_process(mnist_tensors, tmp_path):
     run_dir = create_run_dir(tmp_path, "run")
-    learn = small_learner(mnist_tensors, [ActivationStats(), RunSaver(run_dir, {"note": "test"})], n=1024)
+    learn = small_learner(mnist_tensors, [ActivationStats(every=1), RunSaver(run_dir, {"note": "test"})], n=1024)
     learn.fit(1, 1e-3)
     code = ("import sys, numpy as np, convscope; s = convscope.load_run(sys.argv[1]).activation_stats; "
             "np.savez(sys.argv[2], mean=s.mean, hist=s.hist, steps=s.steps, layers=np.array(s.layers))")

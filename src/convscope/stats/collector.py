@@ -41,8 +41,11 @@ def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
 class StatsCollector:
     def __init__(self, model: nn.Module, every: int = 1, with_hist: bool = True, bins: int = 40,
                  hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
-                 max_rows: int = 2048, block: int = 64, grad_stats: bool = True) -> None:
+                 max_rows: int = 2048, block: int = 64, grad_stats: bool = True, sample: int | None = None) -> None:
         check_settings(every, bins, hist_range)
+        if sample is not None and (not isinstance(sample, int) or sample < 1):
+            raise ConfigError(f"sample must be a whole number >= 1 (batch items per recorded step), got {sample!r}")
+        self.sample = sample
         self.model = model
         self.named = select_modules(model, modules)
         self.layers = [name for name, _ in self.named]
@@ -102,6 +105,8 @@ class StatsCollector:
                 return
         lo, hi = self.ranges[i]
         hist = self.buffer.hist[self.slot, i] if self.with_hist else None
+        if self.sample is not None and output.ndim > 0:
+            output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
         layer_stats(output, self.buffer.values[self.slot, i], hist, self.bins, lo, hi)
 
     def _fix_adaptive_ranges(self, i: int, output: torch.Tensor) -> None:
