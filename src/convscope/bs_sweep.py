@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -170,6 +169,10 @@ class _TimedNoiseScale(GradientNoiseScale):
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return float("nan"), "unavailable on this platform"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS"
 

@@ -161,3 +161,22 @@ def test_findings_sorted_by_severity_and_round_trip_json(tmp_path):
 def test_run_without_statistics_still_gets_loss_rules():
     assert rules_fired(diagnose(FakeRun(None, steps={"step": np.arange(50), "loss": np.full(50, 2.3)}))) == {
         "not_learning"}
+
+
+def test_batch_size_advice_from_noise_scale_file(tmp_path):
+    """B_simple = tr(Sigma)/|G|^2: with tr = 1000 x |G|^2 late in training, B_crit = 1000."""
+    n = 40
+    g2 = np.r_[np.full(n // 2, 1.0), np.full(n // 2, 0.01)]
+    tr = np.r_[np.full(n // 2, 50.0), np.full(n // 2, 10.0)]
+    np.savez(tmp_path / "noise_scale.npz", step=np.arange(n) * 10, g2=g2, tr_sigma=tr)
+
+    class Run(FakeRun):
+        path = tmp_path
+        config = {"bs": 64}
+
+    f = R.batch_size_advice(Run())
+    assert f[0].rule == "batch_size_small" and "1,000" in f[0].evidence and f[0].steps == (200, 390)
+    Run.config = {"bs": 8192}
+    assert R.batch_size_advice(Run())[0].rule == "batch_size_large"
+    Run.config = {"bs": 1024}
+    assert R.batch_size_advice(Run())[0].rule == "batch_size_ok"

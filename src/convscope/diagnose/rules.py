@@ -270,8 +270,42 @@ def overfitting(run: Any) -> list[Finding]:
     return []
 
 
+BS_FAR = 4.0  # batch size 4x away from the critical batch size: worth changing (McCandlish et al., fig. 1)
+
+
+def batch_size_advice(run: Any) -> list[Finding]:
+    """Compare the batch size with the gradient noise scale measured in the run (noise_scale.npz), if any."""
+    path = getattr(run, "path", None)
+    if path is None or not (path / "noise_scale.npz").exists():
+        return []
+    from ..runs.store import read_npz
+    from ..stats.noise_scale import ratio_of_means
+
+    ns = read_npz(path / "noise_scale.npz")
+    g2, tr = np.asarray(ns.get("g2", [])), np.asarray(ns.get("tr_sigma", []))
+    if len(g2) < 8:
+        return []
+    half = len(g2) // 2
+    b_crit = float(ratio_of_means(g2[half:], tr[half:]))  # late in training, where it matters for speed
+    bs = int(run.config.get("bs", 0) or 0)
+    if not (np.isfinite(b_crit) and b_crit > 0 and bs > 0):
+        return []
+    span = (int(ns["step"][half]), int(ns["step"][-1]))
+    evidence = (f"gradient noise scale B_simple ~ {b_crit:,.0f} over the second half of training "
+                f"({len(g2) - half} measurements); batch size {bs}")
+    if bs * BS_FAR < b_crit:
+        return [Finding("batch_size_small", "low", None, span, evidence + ": well below the critical batch size",
+                        f"a larger batch (up to ~{b_crit:,.0f}, memory permitting) would need fewer steps for the "
+                        "same progress; scale the lr with it (convscope bs-sweep measures the trade-off)")]
+    if bs > BS_FAR * b_crit:
+        return [Finding("batch_size_large", "low", None, span, evidence + ": well above the critical batch size",
+                        f"a smaller batch (~{b_crit:,.0f}) reaches the same loss with less compute per step")]
+    return [Finding("batch_size_ok", "info", None, span, evidence + ": close to the critical batch size",
+                    "nothing to change")]
+
+
 RULES: tuple[Rule, ...] = (loss_health, near_zero_activations, collapse_cycles, depth_scale, gradient_health,
-                           overfitting)
+                           overfitting, batch_size_advice)
 
 
 def diagnose(run: Any, rules: tuple[Rule, ...] = RULES) -> list[Finding]:

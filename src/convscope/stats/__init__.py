@@ -3,11 +3,13 @@
 from .activations import ActivationStats
 from .data import ActivationStatsData
 from .hooks import Hook, Hooks, has_hooks, select_modules
+from .noise_scale import GradientNoiseScale
 from .watch import Watch, watch
 
 __all__ = [
     "ActivationStats",
     "ActivationStatsData",
+    "GradientNoiseScale",
     "Hook",
     "Hooks",
     "Watch",
