@@ -300,7 +300,7 @@ def with_run(case: Case) -> None:
 
 
 def _failing(exc_errno: int, under: Path) -> Callable[..., None]:
-    """A stand-in for os.replace / mkdir: refuses any target below `under` as a full or read-only disk would."""
+    """A stand-in for os.replace: refuses any target below `under`, as a full or read-only disk would."""
     real_replace = os.replace
 
     def refuse(src: Any, dst: Any = None, *args: Any, **kwargs: Any) -> None:
