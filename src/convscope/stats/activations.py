@@ -24,7 +24,7 @@ from .data import ActivationStatsData
 
 STATS_FILE = "stats.npz"
 # Defaults chosen with benchmarks/stats_overhead.py (MNIST simple_cnn, bs 512, CPU): see the README.
-DEFAULT_EVERY = 2
+DEFAULT_EVERY = 4
 DEFAULT_SAMPLE = 64
 
 

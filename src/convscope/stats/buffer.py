@@ -25,10 +25,16 @@ class StatsBuffer:
         if max_rows < 2 or max_rows % 2:
             raise ValueError("max_rows must be an even number >= 2")
         self.n_layers, self.bins, self.block, self.max_rows = n_layers, bins, block, max_rows
-        self.values = torch.zeros(block, n_layers, N_VALUES, dtype=torch.float64, device=device)
-        self.hist = torch.zeros(block, n_layers, bins, dtype=torch.float32, device=device)
+        self.values = torch.zeros(block, n_layers, N_VALUES, dtype=torch.float32, device=device)
+        self.sizes = np.zeros((block, n_layers, 2), dtype=np.int64)  # elements, channels: known on the host
+        self.hist = torch.zeros(block, n_layers, bins, dtype=torch.int64, device=device)
         self.grads = torch.full((block, n_layers, 2), float("nan"), dtype=torch.float32, device=device)
         self.block_steps: list[int] = []
+        # 0-d views of every (slot, layer, column) and the histogram rows, made once: indexing per
+        # layer per step would cost as much as the statistics of a small layer.
+        self.value_views = [[tuple(self.values[s, i, c] for c in range(N_VALUES)) for i in range(n_layers)]
+                            for s in range(block)]
+        self.hist_views = [[self.hist[s, i] for i in range(n_layers)] for s in range(block)]
         self.h_steps = np.zeros(max_rows, dtype=np.int64)
         self.h_values = np.zeros((max_rows, n_layers, N_FINISHED), dtype=np.float64)
         self.h_hist = np.zeros((max_rows, n_layers, bins), dtype=np.float32)
@@ -56,8 +62,8 @@ class StatsBuffer:
         k = len(self.block_steps)
         if k == 0:
             return
-        values = np.stack(finish(self.values[:k].cpu().numpy()), axis=-1)
-        hist = self.hist[:k].cpu().numpy()
+        values = np.stack(finish(self.values[:k].cpu().numpy(), self.sizes[:k]), axis=-1)
+        hist = self.hist[:k].cpu().numpy().astype(np.float32)
         grads = self.grads[:k].cpu().numpy()
         for j, step in enumerate(self.block_steps):
             if step % self.every:  # recorded before the interval doubled

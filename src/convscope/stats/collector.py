@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .buffer import StatsBuffer
-from .compute import layer_stats
+from .compute import fine_factor, layer_stats
 from .data import ActivationStatsData
 from .hooks import Hooks, select_modules
 
@@ -52,6 +52,7 @@ class StatsCollector:
         self.with_hist, self.bins, self.grad_stats = with_hist, bins, grad_stats
         self.hist_range = hist_range
         self.ranges = self._initial_ranges(hist_range)
+        self.fine = self._fine_factors()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows)
         self.buffer.set_every(every)
@@ -64,6 +65,9 @@ class StatsCollector:
             return None  # fixed from the first recorded batch
         lo, hi = (-10.0, 10.0) if hist_range == "signed" else (float(hist_range[0]), float(hist_range[1]))
         return [(lo, hi)] * len(self.layers)
+
+    def _fine_factors(self) -> list[int]:
+        return [fine_factor(self.bins, lo, hi) for lo, hi in self.ranges] if self.ranges else []
 
     def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The layers' own parameters, flattened, and which layer each belongs to."""
@@ -104,10 +108,11 @@ class StatsCollector:
             if self.ranges is None:
                 return
         lo, hi = self.ranges[i]
-        hist = self.buffer.hist[self.slot, i] if self.with_hist else None
+        b, slot = self.buffer, self.slot
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
-        layer_stats(output, self.buffer.values[self.slot, i], hist, self.bins, lo, hi)
+        b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
+                                       else None, self.bins, lo, hi, self.fine[i])
 
     def _fix_adaptive_ranges(self, i: int, output: torch.Tensor) -> None:
         # One host read, once per run: per-layer ranges from the first recorded batch, with headroom.
@@ -116,12 +121,13 @@ class StatsCollector:
         lo, hi = (float(v) for v in torch.aminmax(output.detach().float()))
         span = max(hi - lo, 1e-6)
         self._pending_ranges[i] = (min(0.0, lo - 0.5 * span), max(hi + 0.5 * span, 1e-6))
+        lo, hi = self._pending_ranges[i]
+        b, slot = self.buffer, self.slot
+        b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
+                                       else None, self.bins, lo, hi, fine_factor(self.bins, lo, hi))
         if len(self._pending_ranges) == len(self.layers):
             self.ranges = [self._pending_ranges[j] for j in range(len(self.layers))]
-        else:
-            lo, hi = self._pending_ranges[i]
-            hist = self.buffer.hist[self.slot, i] if self.with_hist else None
-            layer_stats(output, self.buffer.values[self.slot, i], hist, self.bins, lo, hi)
+            self.fine = self._fine_factors()
 
     def after_backward(self) -> None:
         if self.slot < 0 or not self.grad_stats or not self._params[0]:
@@ -168,6 +174,7 @@ class StatsCollector:
         self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every)
         if self.hist_range == "adaptive" and len(data.steps):
             self.ranges = [tuple(r) for r in data.hist_range]
+            self.fine = self._fine_factors()
 
     def data(self) -> ActivationStatsData:
         self.flush()

@@ -24,9 +24,10 @@ from __future__ import annotations
 import torch
 
 NEAR_ZERO = 0.05
-# Columns of the per-step value buffer.
-MEAN, NORM, NEAR_ZERO_COUNT, DEAD, COUNT = range(5)
-N_VALUES = 5
+# Columns of the per-step device buffer (float32). The element and channel counts need no device work:
+# the caller keeps them on the host (see buffer.py), and `finish` turns sums and counts into statistics.
+MEAN, NORM, NEAR_ZERO_COUNT, DEAD_COUNT = range(4)
+N_VALUES = 4
 
 
 def fine_factor(bins: int, lo: float, hi: float) -> int:
@@ -40,61 +41,68 @@ def fine_factor(bins: int, lo: float, hi: float) -> int:
     return 0
 
 
-def dead_share(x: torch.Tensor) -> torch.Tensor:
-    """Share of channels (dim 1) that are <= 0 for every element of the batch."""
+def dead_channels(x: torch.Tensor, out: torch.Tensor) -> int:
+    """Write the number of channels (dim 1) that are <= 0 for every element of the batch; return C."""
     if x.ndim < 2:
-        return (x.amax() <= 0).float()
+        out.copy_((x.amax() <= 0).sum())
+        return 1
     per_channel = x.amax(dim=0).reshape(x.shape[1], -1).amax(dim=1)
-    return (per_channel <= 0).float().mean()
+    out.copy_(per_channel.le(0).sum())
+    return x.shape[1]
 
 
 def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -> torch.Tensor:
     """Counts of `x` in `bins * fine` equal bins over [lo, hi], plus one underflow and one overflow bin.
 
-    Returns a float tensor of length bins*fine + 2: [below lo, bin 0, ..., bin n-1, above hi].
+    Returns an int64 tensor of length bins*fine + 2: [below lo, bin 0, ..., bin n-1, above hi].
     """
     n = bins * fine
     if x.device.type == "cuda":  # no host sync: histc sizes its output from its arguments
-        inner = torch.histc(x, n, lo, hi)
-        below = (x < lo).sum().unsqueeze(0).float()
-        above = (x > hi).sum().unsqueeze(0).float()
-        return torch.cat([below, inner, above])
+        inner = torch.histc(x, n, lo, hi).long()
+        return torch.cat([(x < lo).sum().view(1), inner, (x > hi).sum().view(1)])
     scale = n / (hi - lo)
-    # index 0 = below lo, 1..n = the bins, n+1 = above hi; clamp before the cast so nothing wraps.
-    idx = x.mul(scale).add_(1.0 - lo * scale).clamp_(0, n + 1)
+    # index 0 = below lo, 1..n = the bins, n+1 = above hi: one fused multiply-add, a clamp so nothing
+    # wraps, and a cast to bytes (4x less memory traffic for the counting pass).
+    idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
     idx = idx.to(torch.uint8 if n + 1 < 256 else torch.int32)
-    return torch.bincount(idx.view(-1), minlength=n + 2).float()
+    return torch.bincount(idx.view(-1), minlength=n + 2)
 
 
-def layer_stats(x: torch.Tensor, values: torch.Tensor, hist: torch.Tensor | None,
-                bins: int, lo: float, hi: float) -> None:
-    """Write the statistics of activation `x` into `values` (length N_VALUES) and `hist` (length bins)."""
+def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
+                bins: int, lo: float, hi: float, fine: int) -> tuple[int, int]:
+    """Write the statistics of activation `x` into `values` (one 0-d view per column, indexed by MEAN,
+    NORM, ...: views made once, since indexing costs as much as a small op) and `hist` (int64, `bins`).
+
+    `fine` is `fine_factor(bins, lo, hi)` (computed once per layer by the caller). Returns the number of
+    elements and of channels, which the caller keeps on the host.
+    """
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
-    n = x.numel()
-    fine = fine_factor(bins, lo, hi) if hist is not None else 0
+    torch.mean(x, dim=tuple(range(x.ndim)), out=values[MEAN])
+    torch.linalg.vector_norm(x, out=values[NORM])
     if hist is not None:
         counts = histogram(x, bins, lo, hi, max(fine, 1))
-        inner = counts[1:-1]
-        hist.copy_(inner.view(bins, -1).sum(dim=1) if fine > 1 else inner)
-    if fine:
-        near = counts[0] + counts[1]
+        torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)
+    if hist is not None and fine:
+        values[NEAR_ZERO_COUNT].copy_(counts[:2].sum())  # below 0 and [0, 0.05)
     else:
-        near = (x <= NEAR_ZERO).sum().float()
-    values.copy_(torch.stack([x.mean(), torch.linalg.vector_norm(x), near, dead_share(x),
-                              torch.tensor(float(n), device=x.device)]))
+        values[NEAR_ZERO_COUNT].copy_(x.le(NEAR_ZERO).sum())
+    channels = dead_channels(x, values[DEAD_COUNT])
+    return x.numel(), channels
 
 
-def finish(values: torch.Tensor | numpy.ndarray):  # noqa: F821 (numpy only named for the reader)
-    """Host-side: raw buffer columns -> (mean, std, near_zero, dead) float arrays."""
+def finish(values, sizes):
+    """Host-side: buffer columns and (elements, channels) per entry -> (mean, std, near_zero, dead)."""
     import numpy as np
 
     v = np.asarray(values, dtype=np.float64)
-    n = v[..., COUNT]
+    n = np.asarray(sizes[..., 0], dtype=np.float64)
+    channels = np.asarray(sizes[..., 1], dtype=np.float64)
     mean = v[..., MEAN]
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (v[..., NORM] ** 2 - n * mean**2) / (n - 1)
         std = np.sqrt(np.clip(var, 0, None))
         near = v[..., NEAR_ZERO_COUNT] / n
-    return mean, std, near, v[..., DEAD]
+        dead = v[..., DEAD_COUNT] / channels
+    return mean, std, near, dead
