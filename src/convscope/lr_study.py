@@ -76,7 +76,8 @@ def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn
     model.load_state_dict(init)
     # A fresh generator with the same seed: every schedule sees the same batches in the same order.
     dl = DeviceBatches(train_dl.x, train_dl.y, cfg.bs, shuffle=True, drop_last=True, seed=cfg.seed)
-    learn = Learner(model, dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=[ActivationStats(with_hist=False, every=1, sample=None)])
+    stats = ActivationStats(with_hist=False, every=1, sample=None)
+    learn = Learner(model, dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=[stats])
     learn.fit(cfg.epochs, cfg.lr, cbs=[ParamScheduler(schedule_for(name, cfg.lr))])
     stats = learn.activation_stats.data
     signal = [i for i, k in enumerate(stats.kinds) if "Norm" not in k]
