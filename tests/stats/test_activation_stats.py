@@ -272,3 +272,21 @@ def test_adaptive_range_covers_the_first_batch(batch):
         lo, hi = data.hist_range[i]
         assert lo <= ref[name].min().item() and hi >= ref[name].max().item()
         assert data.hist[0, i].sum() == ref[name].numel()  # every value fell inside the range
+
+
+@pytest.mark.slow
+def test_full_epoch_sampled_rows_equal_unsampled_rows(mnist_tensors):
+    """The whole MNIST epoch (117 steps at bs 512): every=4 rows equal the every=1 rows at those steps."""
+    x, y, _, _ = mnist_tensors
+
+    def run(every):
+        torch.manual_seed(0)
+        learn = Learner(simple_cnn(), DeviceBatches(x, y, 512, shuffle=True, drop_last=True),
+                        cbs=[ActivationStats(every=every, sample=None)])
+        learn.fit_one_cycle(1, 0.06)
+        return learn.activation_stats.data
+
+    full, sampled = run(1), run(4)
+    assert full.n_steps == 117 and list(sampled.steps) == list(range(0, 117, 4))
+    for name in ("mean", "std", "near_zero", "dead", "hist", "grad_norm", "update_ratio"):
+        np.testing.assert_array_equal(getattr(full, name)[sampled.steps], getattr(sampled, name), err_msg=name)
