@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DataRoot, Dataset, Device, LimitTrain
 from .errors import ConvscopeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,12 +70,8 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 @app.command()
 @user_errors
 def train(
-    dataset: Annotated[
-        str, typer.Option(help="mnist, fashion-mnist, or a folder of IDX files or class folders")
-    ] = "mnist",
-    data_root: Annotated[
-        str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
-    ] = None,
+    dataset: Dataset = "mnist",
+    data_root: DataRoot = None,
     epochs: Annotated[int, typer.Option(help="passes over the training set")] = 1,
     lr: Annotated[float, typer.Option(help="learning rate (the peak lr for one-cycle)")] = 0.06,
     bs: Annotated[int, typer.Option(help="batch size")] = 512,
@@ -82,13 +79,13 @@ def train(
     schedule: Annotated[str, typer.Option(help="one-cycle or constant")] = "one-cycle",
     channels: Annotated[str, typer.Option(help="filters of the stride-2 convs, comma-separated")] = "8,16,32,64",
     seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
     name: Annotated[str | None, typer.Option(help="run folder name (default: time and dataset)")] = None,
     resume: Annotated[str | None, typer.Option(help="continue this run folder from its last checkpoint "
                                                     "(its own settings are used; the others are ignored)")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
-    limit_train: Annotated[int | None, typer.Option(help="use only the first N training images (quick runs)")] = None,
+    limit_train: LimitTrain = None,
 ) -> None:
     """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DataRoot, Dataset, Device
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -50,14 +52,10 @@ def bs_sweep_command(
     lr: Annotated[float, typer.Option(help="peak learning rate (one-cycle) at --base-bs")] = 0.06,
     lr_scaling: Annotated[str, typer.Option(help="none, linear or sqrt: how lr follows bs / base-bs")] = "none",
     base_bs: Annotated[int, typer.Option(help="the batch size at which --lr applies")] = 512,
-    dataset: Annotated[
-        str, typer.Option(help="mnist, fashion-mnist, or a folder of IDX files or class folders")
-    ] = "mnist",
-    data_root: Annotated[
-        str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
-    ] = None,
+    dataset: Dataset = "mnist",
+    data_root: DataRoot = None,
     seed: Annotated[int, typer.Option(help="random seed: the same initial weights for every setting")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of the sweep folder")] = "runs",
     name: Annotated[str | None, typer.Option(help="sweep folder name (default: time + bs-sweep)")] = None,
     gns_every: Annotated[

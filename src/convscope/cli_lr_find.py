@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DataRoot, Dataset, Device
+
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .schedules.lr_finder import LRFindResult
@@ -78,12 +80,8 @@ def write_lr_find(run_dir: Path, result: LRFindResult, config: dict[str, Any]) -
 
 
 def lr_find_command(
-    dataset: Annotated[
-        str, typer.Option(help="mnist, fashion-mnist, or a folder of IDX files or class folders")
-    ] = "mnist",
-    data_root: Annotated[
-        str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
-    ] = None,
+    dataset: Dataset = "mnist",
+    data_root: DataRoot = None,
     bs: Annotated[int, typer.Option(help="batch size (the lr that works depends on it)")] = 512,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm after each conv")] = True,
     start_lr: Annotated[float, typer.Option(help="learning rate of the first step")] = 1e-7,
@@ -91,7 +89,7 @@ def lr_find_command(
     num_it: Annotated[int, typer.Option(help="steps per sweep (>= 5); the lr grows by equal ratios")] = 100,
     repeats: Annotated[int, typer.Option(help="sweeps, each on its own batch order, from the same weights")] = 2,
     seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
     name: Annotated[str | None, typer.Option(help="run folder name (default: time, dataset, lr-find)")] = None,
 ) -> None:

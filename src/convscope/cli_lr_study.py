@@ -8,23 +8,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_options import DataRoot, Dataset, Device, LimitTrain
 from .config import TrainConfig
 from .lr_study import SCHEDULES, lr_study, save_study
 from .runs.store import create_run_dir
 
 
 def lr_study_command(
-    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, or a folder")] = "mnist",
-    data_root: Annotated[str | None, typer.Option(help="folder holding the dataset files")] = None,
+    dataset: Dataset = "mnist",
+    data_root: DataRoot = None,
     epochs: Annotated[int, typer.Option(help="budget: epochs per schedule")] = 1,
     lr: Annotated[float, typer.Option(help="the high (peak) learning rate")] = 0.06,
     bs: Annotated[int, typer.Option(help="batch size")] = 512,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm (off by default: it hides the effect)")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+    device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
     name: Annotated[str | None, typer.Option(help="run folder name")] = None,
-    limit_train: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
+    limit_train: LimitTrain = None,
 ) -> None:
     """Train the same model from the same start under constant-high, constant-low, warm-up and 1cycle
     learning rates; compare accuracy, loss and early activation collapse (lr_study.json, lr_study.png)."""

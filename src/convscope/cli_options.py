@@ -1,0 +1,14 @@
+"""Command-line options shared by several `convscope` commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Dataset = Annotated[str, typer.Option(help="mnist, fashion-mnist, or a folder of IDX files or class folders")]
+DataRoot = Annotated[
+    str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+LimitTrain = Annotated[int | None, typer.Option(help="use only the first N training images (quick runs)")]
