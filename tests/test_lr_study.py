@@ -34,3 +34,22 @@ def test_full_study_one_cycle_is_best_or_close(data_dir):
     assert rows["one-cycle"].accuracy >= best - 0.002
     assert rows["constant-high"].collapses >= 1 or rows["constant-high"].peak_near_zero >= 0.75
     assert rows["constant-high"].accuracy < 0.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+    (["--bs", "0"], "bs (batch size) must be a whole number >= 1, got 0"),
+    (["--device", "tpu"], "device 'tpu'"),
+    (["--data-root", "/nonexistent/folder"], "/nonexistent/folder"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(data_dir, tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from convscope.cli import app
+
+    monkeypatch.setenv("CONVSCOPE_DATA", str(data_dir))
+    result = CliRunner().invoke(app, ["lr-study", "--out", str(tmp_path / "runs"), "--name", "s", *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error:") and message in result.stderr.replace("\n", " ")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "s").exists()
