@@ -185,7 +185,24 @@ def test_bad_lr_is_a_config_error(mnist_tensors, bad):
         learn.fit(1, bad)
 
 
-def test_bad_epochs_is_a_config_error(mnist_tensors):
+@pytest.mark.parametrize("bad", [0, -1.5, float("nan"), float("inf"), True, "2"])
+def test_bad_epochs_is_a_config_error(mnist_tensors, bad):
     learn = small_learner(mnist_tensors, n_train=256)
     with pytest.raises(ConfigError, match="n_epochs"):
-        learn.fit(0, 1e-3)
+        learn.fit(bad, 1e-3)
+
+
+def test_fractional_epochs_take_the_rounded_share_of_steps_and_validate_at_the_end(mnist_tensors):
+    # 1024 items / bs 128 = 8 batches per epoch; 1.4 epochs = round(11.2) = 11 steps: 8, then 3.
+    log = EventLog()
+    x, y, xt, yt = mnist_tensors
+    torch.manual_seed(0)
+    learn = Learner(simple_cnn(), DeviceBatches(x[:1024], y[:1024], 128, shuffle=True, drop_last=True),
+                    DeviceBatches(xt[:256], yt[:256], 256))
+    learn.fit_one_cycle(1.4, 1e-2, div=10.0, div_final=100.0, cbs=[log])
+    assert learn.train_iter == 11
+    assert log.events.count("after_step") == 11
+    assert log.events.count("after_validate") == 2  # after the whole epoch and after the partial one
+    assert learn.n_epochs == 2
+    # The schedule spans the 11 steps: the last one reaches lr_max / div_final (the closed form's end).
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 100.0, rel=1e-9)

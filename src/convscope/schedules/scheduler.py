@@ -34,7 +34,7 @@ class ParamScheduler(Callback):
         self.scheds = dict(scheds)
 
     def before_fit(self) -> None:
-        self.total_steps = self.learn.n_epochs * self.learn.n_iter
+        self.total_steps = self.learn.total_steps
 
     def before_batch(self) -> None:
         if not self.learn.training:

@@ -10,6 +10,8 @@ stay tensors, metrics are summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,17 +163,20 @@ class Learner:
         return float(group["weight_decay"] if name == "wd" else group[name])
 
     # ----------------------------------------------------------------- the loop
-    def fit(self, n_epochs: int, lr: float | None = None, cbs: Sequence[Callback] = (),
+    def fit(self, n_epochs: float, lr: float | None = None, cbs: Sequence[Callback] = (),
             resume: str | Path | None = None) -> None:
         """Train for `n_epochs` at a constant `lr` (or the learner's `lr`).
+
+        `n_epochs` may be fractional (1.5: one epoch, then half of the next, validated at its end);
+        the fit takes `round(n_epochs * batches per epoch)` optimizer steps, at least one.
 
         `cbs` are attached for this fit only; afterwards they stay reachable by name.
         `resume`: a run folder whose checkpoint this fit continues from (same model, data and arguments):
         weights, optimizer, data order and RNG streams are restored, and training goes on at the next
         batch as if it had never stopped.
         """
-        if not isinstance(n_epochs, int) or n_epochs < 1:
-            raise ConfigError(f"n_epochs must be a whole number >= 1, got {n_epochs!r}")
+        if isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, float)) or not 0 < n_epochs < math.inf:
+            raise ConfigError(f"n_epochs must be a number > 0 (fractions allowed), got {n_epochs!r}")
         if lr is not None:
             check_positive("lr", lr)
             self.lr = lr
@@ -180,15 +185,16 @@ class Learner:
         if self.opt is None:
             self.create_opt()
         self.set_hyper("lr", self.lr)
-        self.n_epochs = n_epochs
         self.n_iter = len(self.train_data)
+        self.total_steps = max(1, round(n_epochs * self.n_iter))  # optimizer steps in this fit
+        self.n_epochs = -(-self.total_steps // self.n_iter)  # epochs started, the last maybe partial
         start_epoch, self._skip_batches = 0, 0
         ckpt = None
         if resume is not None:
             from ..runs.checkpoint import load_checkpoint, restore_learner
 
             ckpt = load_checkpoint(resume)
-            if ckpt.epoch > n_epochs:
+            if ckpt.epoch > self.n_epochs:
                 raise ConfigError(f"the checkpoint is at epoch {ckpt.epoch + 1}, past this fit's {n_epochs} epochs")
             restore_learner(self, ckpt)
             start_epoch = self.epoch = ckpt.epoch
@@ -202,7 +208,7 @@ class Learner:
                 for cb in sorted(self.cbs, key=lambda c: c.order):
                     if callable(getattr(cb, "resume_from", None)):
                         cb.resume_from(Path(resume), ckpt)
-            for epoch in range(start_epoch, n_epochs):
+            for epoch in range(start_epoch, self.n_epochs):
                 self.epoch = epoch
                 self._do_epoch()
         except CancelFitException:
@@ -223,7 +229,7 @@ class Learner:
 
     def fit_one_cycle(
         self,
-        n_epochs: int,
+        n_epochs: float,
         lr_max: float,
         pct_start: float = 0.25,
         div: float = 25.0,
@@ -266,7 +272,10 @@ class Learner:
             self("before_train")
             skip, self._skip_batches = self._skip_batches, 0
             start = getattr(self.train_data, "next_start", 0)  # DeviceBatches resumes mid-epoch by itself
+            stop = self.total_steps - self.epoch * self.n_iter  # < n_iter only in a fractional last epoch
             for i, (xb, yb) in enumerate(self.train_data, start=start):
+                if i >= stop:
+                    break
                 if i < skip:  # a DataLoader cannot seek: replay and drop the batches done before
                     continue
                 self.iter = i
@@ -337,4 +346,4 @@ class Learner:
     def pct_train(self) -> float:
         """Fraction of this fit's training steps done, in [0, 1)."""
         done = self.epoch * self.n_iter + getattr(self, "iter", 0)
-        return done / max(1, self.n_epochs * self.n_iter)
+        return done / max(1, self.total_steps)
