@@ -144,11 +144,13 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
 
 
 @setup("dataset-folder-that-does-not-exist", "dataset-path-is-a-file", "data-root-is-a-file", "lr-0", "negative-lr",
-       "lr-nan", "bs-0", "bs-larger-than-the-dataset", "epochs-1", "pct-start-outside-0-1-in-a-config",
+       "lr-nan", "bs-0", "bs-larger-than-the-dataset", "epochs-0", "pct-start-outside-0-1-in-a-config",
        "unknown-schedule", "unknown-dataset", "unknown-device", "checkpoint-every-0", "limit-train-0",
        "channels-not-numbers", "channels-with-a-zero", "run-name-that-is-a-path", "out-is-a-file",
        "out-below-a-file", "resume-of-a-missing-run", "resume-of-a-folder-that-is-not-a-run",
-       "report-of-a-missing-run", "diagnose-of-a-folder-that-is-not-a-run")
+       "report-of-a-missing-run", "diagnose-of-a-folder-that-is-not-a-run", "unknown-recipe", "nproc-0",
+       "momentum-outside-0-1-in-a-config", "lr-divisor-below-1-in-a-config", "unknown-optimizer-in-a-config",
+       "label-smoothing-of-1-in-a-config")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 

@@ -41,7 +41,7 @@ def sweep(runner, tmp_path, *args):
         (["--lr-scaling", "cubic"], "unknown lr scaling 'cubic'"),
         (["--lr", "0"], "lr must be a finite number > 0"),
         (["--base-bs", "0"], "base_bs must be a whole number >= 1"),
-        (["--epochs", "0"], "epochs must be a whole number >= 1"),
+        (["--epochs", "0"], "epochs must be a number > 0"),
         (["--dataset", "cifar"], "cifar"),
         (["--device", "tpu"], "device 'tpu'"),
     ],

@@ -29,7 +29,7 @@ def run_train(runner, tmp_path, *args):
         (["--lr", "-0.1"], "lr must be a finite number > 0, got -0.1"),
         (["--bs", "0"], "bs (batch size) must be a whole number >= 1, got 0"),
         (["--bs", "60001"], "bs 60001 is larger than the training set (60000 images)"),
-        (["--epochs", "0"], "epochs must be a whole number >= 1, got 0"),
+        (["--epochs", "0"], "epochs must be a number > 0 (fractions allowed), got 0"),
         (["--dataset", "cifar"], "cifar"),
         (["--schedule", "linear"], "unknown schedule 'linear'"),
         (["--device", "tpu"], "device 'tpu'"),

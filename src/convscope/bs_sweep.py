@@ -29,6 +29,7 @@ import torch
 
 from .config import TrainConfig
 from .devices import resolve_device
+from .dist.context import refuse_under_torchrun
 from .errors import ConfigError, RunError
 from .runs.store import atomic_write_json, create_run_dir, read_npz
 from .stats.noise_scale import GradientNoiseScale
@@ -263,6 +264,7 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
 
     All input is checked before the sweep folder is made: a bad setting leaves nothing behind.
     """
+    refuse_under_torchrun("convscope bs-sweep")
     device = resolve_device(cfg.device)
     n_train = _n_train(cfg)
     too_big = [bs for bs in cfg.batch_sizes if bs > n_train]

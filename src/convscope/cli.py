@@ -24,6 +24,14 @@ err = Console(stderr=True, highlight=False)
 console = Console(highlight=False)
 
 
+def rank_prefix() -> str:
+    """'rank N: ' in the processes of a multi-process job other than rank 0, else ''."""
+    import os
+
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+    return "" if rank == "0" else f"rank {rank}: "
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a ConvscopeError, or a write refused by the disk (full, read-only, no permission), into one
     line on stderr and exit code 2. Files already written stay whole: every write is atomic."""
@@ -41,7 +49,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ConvscopeError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            err.print(f"{rank_prefix()}[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno not in hints:
@@ -72,12 +80,17 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 def train(
     dataset: Dataset = "mnist",
     data_root: DataRoot = None,
-    epochs: Annotated[int, typer.Option(help="passes over the training set")] = 1,
-    lr: Annotated[float, typer.Option(help="learning rate (the peak lr for one-cycle)")] = 0.06,
-    bs: Annotated[int, typer.Option(help="batch size")] = 512,
+    recipe: Annotated[str, typer.Option(help="settings to start from: book (the fastai book's) or fast "
+                                             "(quickest to 99% on MNIST); options given here override them")] = "book",
+    epochs: Annotated[float | None, typer.Option(help="passes over the training set (fractions allowed) "
+                                                      "[default: the recipe's, book: 1]")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (the peak lr for one-cycle) "
+                                                  "[default: the recipe's, book: 0.06]")] = None,
+    bs: Annotated[int | None, typer.Option(help="batch size, per process [default: the recipe's, book: 512]")] = None,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm after each conv")] = True,
     schedule: Annotated[str, typer.Option(help="one-cycle or constant")] = "one-cycle",
-    channels: Annotated[str, typer.Option(help="filters of the stride-2 convs, comma-separated")] = "8,16,32,64",
+    channels: Annotated[str | None, typer.Option(help="filters of the stride-2 convs, comma-separated "
+                                                      "[default: the recipe's, book: 8,16,32,64]")] = None,
     seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
     device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
@@ -86,15 +99,25 @@ def train(
                                                     "(its own settings are used; the others are ignored)")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
     limit_train: LimitTrain = None,
+    nproc: Annotated[int | None, typer.Option(help="train on N processes (starts torchrun; gloo on the CPU, "
+                                                   "NCCL on GPUs); the global batch is bs x N")] = None,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="with several processes: BatchNorm "
+                                          "statistics over the global batch")] = False,
 ) -> None:
     """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
     from .config import TrainConfig
+    from .dist.context import current, shutdown
     from .errors import ConfigError
     from .experiment import resume_config
     from .experiment import train as run_training
+    from .recipes import recipe_settings
     from .train.guard import NonFiniteError
 
+    if nproc is not None:
+        from .dist.launch import launch
+
+        raise typer.Exit(launch(nproc, sys.argv[1:]))
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     if resume is not None:
@@ -102,14 +125,35 @@ def train(
         if data_root is not None:
             cfg.data_root = data_root
     else:
-        cfg = TrainConfig(dataset=dataset, data_root=data_root, epochs=epochs, lr=lr, bs=bs, bn=bn,
-                          schedule=schedule, channels=parse_ints(channels, "--channels"), seed=seed,
-                          device=device, out=out, name=name, limit_train=limit_train)
+        given = {"epochs": epochs, "lr": lr, "bs": bs,
+                 "channels": None if channels is None else parse_ints(channels, "--channels")}
+        settings = {**recipe_settings(recipe), **{k: v for k, v in given.items() if v is not None}}
+        if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
+            settings["epochs"] = int(settings["epochs"])
+        cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
+                          out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe, **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)
+        rank = current()
     except NonFiniteError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
+    except Exception as exc:
+        if not current().distributed or isinstance(exc, ConvscopeError):
+            raise
+        # Another rank failed (its own error is printed by that rank) and this one lost its peers.
+        where = cfg.out if resume is None else resume
+        err.print(f"[bold red]error:[/] rank {current().rank}: the distributed job broke off "
+                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the last checkpoint under "
+                  f"{where} is intact: resume with convscope train --resume RUN_FOLDER", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        if current().distributed and sys.exc_info()[0] is None:
+            shutdown()
+    if not rank.is_main:
+        if result.interrupted is not None:
+            raise typer.Exit(128 + result.interrupted)
+        return
     table = Table(title=f"run {result.run_dir}")
     for col in ("epoch", "train_loss", "valid_loss", "accuracy", "seconds"):
         table.add_column(col, justify="right")
@@ -118,6 +162,9 @@ def train(
                                                 ("train_loss", "valid_loss", "accuracy")),
                       f"{row['seconds']:.1f}")
     console.print(table)
+    if rank.distributed:
+        console.print(f"{rank.world_size} processes x batch {result.config.bs} = global batch "
+                      f"{result.config.bs * rank.world_size}")
     if result.findings:
         from .cli_diagnose import findings_table
 

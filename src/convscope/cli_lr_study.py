@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .cli_options import DataRoot, Dataset, Device, LimitTrain
 from .config import TrainConfig
+from .dist.context import refuse_under_torchrun
 from .lr_study import SCHEDULES, lr_study, save_study
 from .runs.store import create_run_dir
 
@@ -39,6 +40,7 @@ def lr_study_command(
     from .experiment import load_data
 
     load_data(cfg)  # fail on missing data before a folder exists
+    refuse_under_torchrun("convscope lr-study")  # before the run folder is made
     run_dir = create_run_dir(out, name or time.strftime("%Y%m%d-%H%M%S") + "-lr-study")
     rows = lr_study(cfg, SCHEDULES)
     save_study(rows, cfg, run_dir)

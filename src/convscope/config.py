@@ -20,13 +20,22 @@ class TrainConfig:
 
     dataset: str = "mnist"  # "mnist", "fashion-mnist", or a folder of IDX files / class sub-folders
     data_root: str | None = None  # where to look for the dataset files (else CONVSCOPE_DATA, cache, download)
-    epochs: int = 1
+    epochs: float = 1  # fractions allowed: 1.5 = one epoch and half of the next
     lr: float = 0.06
-    bs: int = 512
+    bs: int = 512  # per process; under torch.distributed the global batch is bs x world size
     bn: bool = True
     schedule: str = "one-cycle"
     pct_start: float = 0.25
+    div: float = 25.0  # one-cycle starts at lr / div ...
+    div_final: float = 1e5  # ... and ends at lr / div_final
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95)  # momentum (Adam's beta1): start, middle, end
     wd: float = 0.01
+    opt: str = "adamw"
+    label_smoothing: float = 0.0
+    channels_last: bool = False  # NHWC memory layout for model and data
+    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, if it fails)
+    sync_bn: bool = False  # multi-process: BatchNorm statistics over the global batch of all ranks
+    recipe: str = "book"  # the named recipe these settings started from (see recipes.py)
     channels: tuple[int, ...] = (8, 16, 32, 64)
     first_kernel: int = 5
     seed: int = 42
@@ -45,8 +54,9 @@ class TrainConfig:
                 setattr(self, name, value := os.fspath(value))
             if not isinstance(value, str) and not (value is None and name in ("data_root", "name")):
                 raise ConfigError(f"{name} must be a string, got {value!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or \
+                not 0 < self.epochs < math.inf:
+            raise ConfigError(f"epochs must be a number > 0 (fractions allowed), got {self.epochs!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not isinstance(self.bs, int) or self.bs < 1:
@@ -55,6 +65,17 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not (isinstance(self.pct_start, (int, float)) and 0 < self.pct_start < 1):
             raise ConfigError(f"pct_start must be in (0, 1), got {self.pct_start!r}")
+        for name in ("div", "div_final"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 1):
+                raise ConfigError(f"{name} must be a number >= 1 (the lr is divided by it), got {value!r}")
+        self.moms = tuple(self.moms)
+        if len(self.moms) != 3 or any(not (isinstance(m, (int, float)) and 0 <= m < 1) for m in self.moms):
+            raise ConfigError(f"moms must be three numbers in [0, 1) (start, middle, end), got {self.moms!r}")
+        if self.opt not in ("adamw", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.opt!r}; choose adamw or sgd")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (isinstance(self.wd, (int, float)) and math.isfinite(self.wd) and self.wd >= 0):
             raise ConfigError(f"wd (weight decay) must be >= 0, got {self.wd!r}")
         self.channels = tuple(self.channels)

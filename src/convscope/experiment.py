@@ -6,10 +6,12 @@ import platform
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
@@ -18,6 +20,9 @@ from .data.batches import DeviceBatches, normalize_images
 from .data.folders import load_image_folder
 from .data.sources import DATASETS, ImageData, load_dataset
 from .devices import resolve_device
+from .dist.batchnorm import sync_batchnorm
+from .dist.context import init_from_env, on_main
+from .dist.ddp import DistributedTrainer
 from .errors import ConfigError, RunError
 from .models.cnn import simple_cnn
 from .report.html import write_report
@@ -53,21 +58,31 @@ def load_data(cfg: TrainConfig) -> ImageData:
     return load_dataset(cfg.dataset, root=cfg.data_root)
 
 
-def build_batches(cfg: TrainConfig, device: torch.device):
-    """Load the dataset and return (train batches, valid batches, data info)."""
+def build_batches(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1):
+    """Load the dataset and return (train batches, valid batches, data info).
+
+    Under torch.distributed every rank holds the whole (small) dataset on its device and takes its shard
+    of each global batch (see DeviceBatches), so the data order does not depend on the world size.
+    """
     data = load_data(cfg)
     if cfg.limit_train is not None:
         n = cfg.limit_train
         data.train_images, data.train_labels = data.train_images[:n], data.train_labels[:n]
     n_train = len(data.train_labels)
-    if cfg.bs > n_train:
-        raise ConfigError(f"bs {cfg.bs} is larger than the training set ({n_train} images); use --bs <= {n_train}")
+    if cfg.bs * world_size > n_train:
+        per = f" x {world_size} processes" if world_size > 1 else ""
+        raise ConfigError(f"bs {cfg.bs}{per} is larger than the training set ({n_train} images); "
+                          f"use --bs <= {n_train // world_size}")
     x_train, mean, std = normalize_images(data.train_images, device=device)
     x_test, _, _ = normalize_images(data.test_images, mean, std, device=device)
+    if cfg.channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+        x_test = x_test.contiguous(memory_format=torch.channels_last)
     y_train, y_test = data.train_labels.to(device), data.test_labels.to(device)
-    train = DeviceBatches(x_train, y_train, cfg.bs, shuffle=True, drop_last=True, seed=cfg.seed)
+    train = DeviceBatches(x_train, y_train, cfg.bs, shuffle=True, drop_last=True, seed=cfg.seed,
+                          rank=rank, world_size=world_size)
     # Validation needs no gradients, so it can use bigger batches for speed; results don't depend on bs.
-    valid = DeviceBatches(x_test, y_test, max(cfg.bs, 1024))
+    valid = DeviceBatches(x_test, y_test, max(cfg.bs, 1024), rank=rank, world_size=world_size)
     info = {"name": data.name, "source": str(data.source), "n_train": n_train, "n_valid": len(y_test),
             "classes": list(data.classes), "in_channels": int(x_train.shape[1]),
             "image_size": list(x_train.shape[2:]), "normalize": {"mean": mean, "std": std}}
@@ -120,43 +135,87 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     Everything that can be wrong with the input is checked before the run folder is made, so a failed
     start leaves nothing behind.
     """
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    train_dl, valid_dl, info = build_batches(cfg, device)
+    dist_info, device = init_from_env(resolve_device(cfg.device))
+    if resume is not None:
+        cfg = per_rank_batch(cfg, resume, dist_info.world_size)
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights
+    train_dl, valid_dl, info = build_batches(cfg, device, dist_info.rank, dist_info.world_size)
     model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
                        first_kernel=cfg.first_kernel, bn=cfg.bn)
     model = fit_to_input(model, info)
+    if cfg.sync_bn and dist_info.distributed:
+        model = sync_batchnorm(model, device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if resume is None:
-        run_dir = create_run_dir(cfg.out, cfg.name or default_run_name(cfg))
+        run_dir = Path(on_main(lambda: create_run_dir(cfg.out, cfg.name or default_run_name(cfg))))
     else:
         run_dir = Path(resume)
         load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
+    info["world_size"], info["global_bs"] = dist_info.world_size, cfg.bs * dist_info.world_size
     config = {**cfg.to_dict(), "data": info, "versions": versions(device)}
     stopper = GracefulStop()
     callbacks: list[Callback] = [RunSaver(run_dir, config, checkpoint_every=checkpoint_every), NonFiniteGuard(),
                                  stopper, *cbs]
+    if dist_info.distributed:
+        callbacks.append(DistributedTrainer(device))
     if stats and not any(isinstance(cb, ActivationStats) for cb in cbs):
         callbacks.append(ActivationStats())
-    if progress:
+    if progress and dist_info.is_main:
         callbacks.append(ProgressBar())
-    learn = Learner(model, train_dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=callbacks, device=device)
+    loss_func = F.cross_entropy
+    if cfg.label_smoothing:
+        loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
+    learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
+                    cbs=callbacks, device=device)
+    if cfg.compile:
+        learn.train_model = compiled(model)
     result = TrainResult(learn, run_dir, cfg)
     try:
         with catch_signals(stopper):
             if cfg.schedule == "one-cycle":
-                learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start, resume=resume)
+                learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start, div=cfg.div, div_final=cfg.div_final,
+                                    moms=cfg.moms, resume=resume)
             else:
                 learn.fit(cfg.epochs, cfg.lr, resume=resume)
     except BaseException:
-        if resume is None:  # a start that failed before writing anything (e.g. a full disk) leaves no folder
+        if resume is None and dist_info.is_main:  # a start that failed before writing anything leaves no folder
             _remove_if_empty(run_dir)
         raise
     finally:
         result.interrupted = stopper.signum
         # After a refused write (disk full, read-only) the diagnosis and report would only fail the same way.
-        if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError):
+        if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main:
             result.findings = finish_run(run_dir, learn.exception)
     return result
+
+
+def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> TrainConfig:
+    """The per-process batch size that keeps a resumed run's global batch, whatever its process count.
+
+    The global batch fixes the data order, the steps per epoch and the schedule, so keeping it makes a
+    run resumed on a different number of processes continue exactly where it stopped.
+    """
+    saved = read_json(Path(run_dir) / "config.json")
+    data = saved.get("data") if isinstance(saved, dict) else None
+    global_bs = data.get("global_bs", cfg.bs) if isinstance(data, dict) else cfg.bs
+    if not isinstance(global_bs, int) or global_bs < 1:
+        raise RunError(f"{run_dir}/config.json has no usable global batch size ({global_bs!r})")
+    if global_bs % world_size:
+        raise ConfigError(f"the run was trained with a global batch of {global_bs}, which {world_size} processes "
+                          f"cannot split evenly; resume with a process count that divides {global_bs}")
+    return replace(cfg, bs=global_bs // world_size)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile(model), or the model itself (with a warning) where compiling is not possible here."""
+    import warnings
+
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # no compiler, an unsupported platform...: train eagerly rather than fail
+        warnings.warn(f"torch.compile is not available here ({exc}); training without it", stacklevel=2)
+        return model
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from .config import TrainConfig
 from .data.batches import DeviceBatches
 from .diagnose.rules import _episodes
+from .dist.context import refuse_under_torchrun
 from .errors import ConfigError
 from .experiment import build_batches, fit_to_input
 from .models.cnn import simple_cnn
@@ -93,6 +94,7 @@ def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn
 
 def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[StudyRow]:
     """Train `cfg`'s model once per schedule from identical starts; return one row per schedule."""
+    refuse_under_torchrun("convscope lr-study")
     for name in schedules:
         schedule_for(name, cfg.lr)  # validate names before any work
     device = torch.device("cpu") if cfg.device == "auto" else torch.device(cfg.device)

@@ -63,3 +63,28 @@ def test_first_nonfinite_layer_names_the_first_module_in_forward_order():
     with torch.no_grad():
         model.get_submodule("conv2.bn").running_var.fill_(-1.0)  # sqrt of a negative variance: NaN output
     assert first_nonfinite_layer(model, x) == "conv2.bn"
+
+
+def test_a_guard_that_reads_every_n_steps_names_the_exact_bad_step_and_never_checkpoints_nan(mnist_tensors,
+                                                                                               tmp_path):
+    # The GPU mode (no host read per step), run on the CPU: NaN at step 5, flag read every 4 steps, a
+    # checkpoint due after step 7. The error must come before that checkpoint and name step 5.
+    from convscope.data.batches import DeviceBatches
+    from convscope.runs.saver import RunSaver
+    from convscope.train import Learner
+    from convscope.train.guard import NonFiniteGuard
+
+    class NanLoss(Callback):
+        order = 1  # before the guard (5) looks at the loss
+
+        def after_loss(self):
+            if self.learn.training and self.learn.train_iter == 5:
+                self.learn.loss = self.learn.loss * float("nan")
+
+    x, y, _, _ = mnist_tensors
+    learn = Learner(simple_cnn(), DeviceBatches(x[:2048], y[:2048], 128, shuffle=True, drop_last=True), None,
+                    cbs=[NonFiniteGuard(check_every=4), NanLoss(), RunSaver(tmp_path, {}, checkpoint_every=7)])
+    with pytest.raises(NonFiniteError, match="the loss became NaN/Inf at step 5 "):
+        learn.fit(1, 1e-3)
+    assert learn.train_iter == 7  # read at the checkpoint after step 7 (before writing it), not later
+    assert not (tmp_path / "checkpoint").exists()

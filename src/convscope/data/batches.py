@@ -36,17 +36,27 @@ class DeviceBatches:
     The order is drawn from a `torch.Generator` seeded with `seed`, so a run's data order is
     reproducible and can be restored (`state_dict`). `drop_last` drops a final short batch (default for
     training, where a tiny last batch gives BatchNorm a noisy estimate).
+
+    Under torch.distributed (`world_size` > 1) every rank draws the same order (same seed) and takes its
+    part of it: with `drop_last` (training) global batch i is items [i*G, (i+1)*G) of the epoch's order,
+    G = bs * world_size, and rank r gets the r-th `bs` of them, so the global batches are exactly those of
+    a one-process run with batch size G. Without `drop_last` (validation) rank r gets the r-th contiguous
+    slice of the order, so every item is seen once over all ranks.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0) -> None:
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if len(x) != len(y):
             raise ConfigError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
         if not isinstance(bs, int) or bs < 1:
             raise ConfigError(f"batch size must be a whole number >= 1, got {bs!r}")
-        if drop_last and bs > len(x):
-            raise ConfigError(f"batch size {bs} is larger than the dataset ({len(x)} items); use bs <= {len(x)}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ConfigError(f"rank {rank!r} of world size {world_size!r} is impossible")
+        if drop_last and bs * world_size > len(x):
+            what = f"batch size {bs}" + (f" x {world_size} processes" if world_size > 1 else "")
+            raise ConfigError(f"{what} is larger than the dataset ({len(x)} items); use a smaller batch size")
         self.x, self.y, self.bs = x, y, bs
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
         # The generator lives on the CPU: the permutation is cheap and this keeps orders identical
         # across devices for the same seed.
@@ -54,9 +64,24 @@ class DeviceBatches:
         self.epoch_start_state = self.generator.get_state()
         self.next_start = 0  # first batch the next iteration yields (set when resuming mid-epoch)
 
-    def __len__(self) -> int:
+    def _shard(self) -> tuple[int, int]:
+        """Positions [lo, hi) of this rank's slice of the order when not dropping last (validation)."""
         n = len(self.x)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.x) // (self.bs * self.world_size)
+        lo, hi = self._shard()
+        return -(-(hi - lo) // self.bs)
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        """Positions in the epoch's order of this rank's batch i."""
+        if self.drop_last:
+            start = i * self.bs * self.world_size + self.rank * self.bs
+            return start, start + self.bs
+        lo, hi = self._shard()
+        return lo + i * self.bs, min(lo + (i + 1) * self.bs, hi)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
@@ -65,11 +90,13 @@ class DeviceBatches:
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
             for i in range(start, len(self)):
-                idx = order[i * self.bs : (i + 1) * self.bs]
+                a, b = self._bounds(i)
+                idx = order[a:b]
                 yield self.x[idx], self.y[idx]
         else:
             for i in range(start, len(self)):
-                yield self.x[i * self.bs : (i + 1) * self.bs], self.y[i * self.bs : (i + 1) * self.bs]
+                a, b = self._bounds(i)
+                yield self.x[a:b], self.y[a:b]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Generator state now, and at the start of the current epoch (to replay that epoch's order)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..dist.context import is_main
 from ..train.callback import Callback
 from .checkpoint import save_checkpoint
 from .store import atomic_save_npz, atomic_write_json, atomic_write_jsonl
@@ -17,6 +18,9 @@ class RunSaver(Callback):
     Other callbacks that own run files (ActivationStats, ...) expose `save_to_run(run_dir)`; RunSaver
     calls it at the same flush points so that every file of the run describes the same moment.
     When fit raises, files are flushed but no checkpoint is written: the last good one stays newest.
+
+    Under torch.distributed every rank runs a RunSaver, so that the callbacks' `save_to_run` (which
+    combine statistics over ranks) run at the same moments everywhere; only rank 0 writes files.
     """
 
     order = 90  # after the Recorder has closed the epoch
@@ -27,9 +31,12 @@ class RunSaver(Callback):
         self.config = config
         self.checkpoint_every, self.keep = checkpoint_every, keep
         self._position = self._saved = None  # set here too: after_fit runs even when before_fit failed
+        self.writes = True
 
     def before_fit(self) -> None:
-        atomic_write_json(self.path / "config.json", self.config)
+        self.writes = is_main()
+        if self.writes:
+            atomic_write_json(self.path / "config.json", self.config)
         self._position = self._saved = None
 
     def after_batch(self) -> None:
@@ -57,20 +64,25 @@ class RunSaver(Callback):
         if self.learn.exception is None and self._position is not None and self._position != self._saved:
             self.save_checkpoint(*self._position)
         finding = getattr(self.learn.exception, "finding", None)
-        if finding is not None:
+        if finding is not None and self.writes:
             from ..diagnose.io import save_findings
 
             save_findings(self.path, [finding])
 
     def flush(self) -> None:
         rec = self.learn.recorder
-        atomic_write_jsonl(self.path / "metrics.jsonl", rec.epochs)
-        atomic_save_npz(self.path / "steps.npz", rec.step_arrays())
+        if self.writes:
+            atomic_write_jsonl(self.path / "metrics.jsonl", rec.epochs)
+            atomic_save_npz(self.path / "steps.npz", rec.step_arrays())
         for cb in self.learn.cbs:
             save = getattr(cb, "save_to_run", None)
             if callable(save):
                 save(self.path)
 
     def save_checkpoint(self, epoch: int, next_iter: int) -> None:
-        save_checkpoint(self.path, self.learn, epoch, next_iter, keep=self.keep)
+        guard = getattr(self.learn, "non_finite_guard", None)
+        if guard is not None and self.learn.exception is None:
+            guard.check_now()  # a guard that reads its flag every N steps must not let NaN weights be saved
+        if self.writes:  # weights, optimizer and data order are the same on every rank
+            save_checkpoint(self.path, self.learn, epoch, next_iter, keep=self.keep)
         self._saved = (epoch, next_iter)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..dist.context import refuse_under_torchrun
 from ..errors import ConfigError
 from ..train.callback import Callback
 from ..train.events import CancelFitException, CancelValidateException
@@ -340,6 +341,7 @@ def lr_find(learn: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
     reseeds the order with `seed + r`. Other callbacks attached to the learner (run savers, statistics,
     progress bars) are not called during the sweep, and the Recorder keeps its contents.
     """
+    refuse_under_torchrun("lr_find")
     check_sweep_args(start_lr, end_lr, num_it, repeats, beta)
     snap = _take_snapshot(learn)
     sweeps = []

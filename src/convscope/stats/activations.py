@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dist.context import is_main
 from ..train.callback import Callback
 from .collector import HistRange, StatsCollector, check_settings
 from .data import ActivationStatsData
@@ -83,6 +84,9 @@ class ActivationStats(Callback):
     def after_fit(self) -> None:
         if self.collector is not None:
             self.collector.detach()
+            if self.collector.across_ranks and self.learn.exception is not None:
+                # Flushing would all-reduce with ranks that may have died: keep the rows combined so far.
+                self.collector.drop_pending()
             self.collector.flush()
         self._data = None
 
@@ -105,7 +109,9 @@ class ActivationStats(Callback):
     def save_to_run(self, run_dir: str | Path) -> None:
         """Write stats.npz into a run folder (RunSaver calls this at every flush point)."""
         if self.collector is not None:
-            self.data.save(Path(run_dir) / STATS_FILE)
+            data = self.data  # under torch.distributed every rank gets here: the flush combines ranks
+            if is_main():
+                data.save(Path(run_dir) / STATS_FILE)
 
     # Same API as ActivationStatsData (and so as load_run(...).activation_stats).
     layers = property(lambda self: self.data.layers)

@@ -21,7 +21,8 @@ N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
 
 
 class StatsBuffer:
-    def __init__(self, n_layers: int, bins: int, device: torch.device, block: int = 64, max_rows: int = 2048):
+    def __init__(self, n_layers: int, bins: int, device: torch.device, block: int = 64, max_rows: int = 2048,
+                 across_ranks: bool = False):
         if max_rows < 2 or max_rows % 2:
             raise ValueError("max_rows must be an even number >= 2")
         self.n_layers, self.bins, self.block, self.max_rows = n_layers, bins, block, max_rows
@@ -30,6 +31,10 @@ class StatsBuffer:
         self.hist = torch.zeros(block, n_layers, bins, dtype=torch.int64, device=device)
         self.grads = torch.full((block, n_layers, 2), float("nan"), dtype=torch.float32, device=device)
         self.block_steps: list[int] = []
+        # Under torch.distributed: rows are combined over ranks before they leave the device (reduce.py),
+        # which needs each layer's per-channel maxima ([block, channels], made at the layer's first row).
+        self.across_ranks = across_ranks
+        self.channel_max: list[torch.Tensor | None] = [None] * n_layers
         # 0-d views of every (slot, layer, column) and the histogram rows, made once: indexing per
         # layer per step would cost as much as the statistics of a small layer.
         self.value_views = [[tuple(self.values[s, i, c] for c in range(N_VALUES)) for i in range(n_layers)]
@@ -57,11 +62,28 @@ class StatsBuffer:
         self.grads[slot].fill_(float("nan"))
         return slot
 
+    def channel_max_row(self, slot: int, layer: int, channels: int) -> torch.Tensor | None:
+        """Where layer `layer`'s per-channel maxima of row `slot` go (None in a single process)."""
+        if not self.across_ranks:
+            return None
+        if self.channel_max[layer] is None:
+            self.channel_max[layer] = torch.zeros(self.block, channels, device=self.values.device)
+        return self.channel_max[layer][slot]
+
+    def drop_pending(self) -> None:
+        """Forget the rows not yet flushed (a failed distributed fit: the other ranks may be gone)."""
+        self.block_steps = []
+
     def flush(self) -> None:
         """Copy the filled part of the device block to the host (the one sync point)."""
         k = len(self.block_steps)
         if k == 0:
             return
+        if self.across_ranks:
+            from .reduce import reduce_block
+
+            reduce_block(self.values[:k], self.hist[:k], self.sizes[:k],
+                         [None if m is None else m[:k] for m in self.channel_max])
         values = np.stack(finish(self.values[:k].cpu().numpy(), self.sizes[:k]), axis=-1)
         hist = self.hist[:k].cpu().numpy().astype(np.float32)
         grads = self.grads[:k].cpu().numpy()

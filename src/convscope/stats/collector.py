@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..dist.context import all_reduce, current
 from ..errors import ConfigError
 from .buffer import StatsBuffer
 from .compute import fine_factor, layer_stats
@@ -54,7 +55,9 @@ class StatsCollector:
         self.ranges = self._initial_ranges(hist_range)
         self.fine = self._fine_factors()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows)
+        self.across_ranks = current().distributed
+        self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows,
+                                  across_ranks=self.across_ranks)
         self.buffer.set_every(every)
         self._params = self._layer_params()
         self.slot = -1
@@ -112,19 +115,30 @@ class StatsCollector:
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
         b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
-                                       else None, self.bins, lo, hi, self.fine[i])
+                                       else None, self.bins, lo, hi, self.fine[i], self._channel_max(slot, i, output))
+
+    def _channel_max(self, slot: int, i: int, output: torch.Tensor) -> torch.Tensor | None:
+        if not self.across_ranks:
+            return None
+        return self.buffer.channel_max_row(slot, i, output.shape[1] if output.ndim >= 2 else 1)
 
     def _fix_adaptive_ranges(self, i: int, output: torch.Tensor) -> None:
         # One host read, once per run: per-layer ranges from the first recorded batch, with headroom.
         if not hasattr(self, "_pending_ranges"):
             self._pending_ranges: dict[int, tuple[float, float]] = {}
-        lo, hi = (float(v) for v in torch.aminmax(output.detach().float()))
+        lo_hi = torch.stack(list(torch.aminmax(output.detach().float())))
+        if self.across_ranks:  # one range for all ranks, or their histograms could not be added
+            lo_hi[0].neg_()
+            all_reduce(lo_hi, "max")
+            lo_hi[0].neg_()
+        lo, hi = (float(v) for v in lo_hi)
         span = max(hi - lo, 1e-6)
         self._pending_ranges[i] = (min(0.0, lo - 0.5 * span), max(hi + 0.5 * span, 1e-6))
         lo, hi = self._pending_ranges[i]
         b, slot = self.buffer, self.slot
         b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
-                                       else None, self.bins, lo, hi, fine_factor(self.bins, lo, hi))
+                                       else None, self.bins, lo, hi, fine_factor(self.bins, lo, hi),
+                                       self._channel_max(slot, i, output))
         if len(self._pending_ranges) == len(self.layers):
             self.ranges = [self._pending_ranges[j] for j in range(len(self.layers))]
             self.fine = self._fine_factors()
@@ -162,6 +176,9 @@ class StatsCollector:
     # ----------------------------------------------------------------- results
     def flush(self) -> None:
         self.buffer.flush()
+
+    def drop_pending(self) -> None:
+        self.buffer.drop_pending()
 
     def restore(self, data: ActivationStatsData, before_step: int) -> None:
         """Continue a resumed run: keep the saved rows recorded before `before_step`."""

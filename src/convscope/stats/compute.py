@@ -41,14 +41,19 @@ def fine_factor(bins: int, lo: float, hi: float) -> int:
     return 0
 
 
-def dead_channels(x: torch.Tensor, out: torch.Tensor) -> int:
-    """Write the number of channels (dim 1) that are <= 0 for every element of the batch; return C."""
+def dead_channels(x: torch.Tensor, out: torch.Tensor, channel_max: torch.Tensor | None = None) -> int:
+    """Write the number of channels (dim 1) that are <= 0 for every element of the batch; return C.
+
+    `channel_max`, if given, receives each channel's largest value (what ranks combine, see reduce.py).
+    """
     if x.ndim < 2:
-        out.copy_((x.amax() <= 0).sum())
-        return 1
-    per_channel = x.amax(dim=0).reshape(x.shape[1], -1).amax(dim=1)
+        per_channel = x.amax().view(1)
+    else:
+        per_channel = x.amax(dim=0).reshape(x.shape[1], -1).amax(dim=1)
     out.copy_(per_channel.le(0).sum())
-    return x.shape[1]
+    if channel_max is not None:
+        channel_max.copy_(per_channel)
+    return per_channel.numel()
 
 
 def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -> torch.Tensor:
@@ -69,12 +74,13 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
 
 
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
-                bins: int, lo: float, hi: float, fine: int) -> tuple[int, int]:
+                bins: int, lo: float, hi: float, fine: int,
+                channel_max: torch.Tensor | None = None) -> tuple[int, int]:
     """Write the statistics of activation `x` into `values` (one 0-d view per column, indexed by MEAN,
     NORM, ...: views made once, since indexing costs as much as a small op) and `hist` (int64, `bins`).
 
     `fine` is `fine_factor(bins, lo, hi)` (computed once per layer by the caller). Returns the number of
-    elements and of channels, which the caller keeps on the host.
+    elements and of channels, which the caller keeps on the host. `channel_max`: see `dead_channels`.
     """
     x = x.detach()
     if x.dtype != torch.float32:
@@ -88,7 +94,7 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
         values[NEAR_ZERO_COUNT].copy_(counts[:2].sum())  # below 0 and [0, 0.05)
     else:
         values[NEAR_ZERO_COUNT].copy_(x.le(NEAR_ZERO).sum())
-    channels = dead_channels(x, values[DEAD_COUNT])
+    channels = dead_channels(x, values[DEAD_COUNT], channel_max)
     return x.numel(), channels
 
 

@@ -1,7 +1,9 @@
 """NonFiniteGuard: stop at the first NaN/Inf loss or gradient, naming the step and the first layer.
 
-The check reads one boolean per step from the device; on a CPU that is free, on a GPU it is a sync, so
-`check_every` lets a GPU run check every N steps (the report then names the first bad step of the N).
+On a CPU the check reads one boolean per step (free). On a GPU that read would be a host sync per step,
+so by default the guard keeps a device-side flag and the first bad step, and reads them every
+`check_every` steps (16 on CUDA), at every epoch end and before every checkpoint, so no checkpoint ever
+holds non-finite weights; the report names the first bad step exactly.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
 """
@@ -49,25 +51,60 @@ def first_nonfinite_layer(model: torch.nn.Module, xb: torch.Tensor) -> str | Non
 class NonFiniteGuard(Callback):
     order = 5
 
-    def __init__(self, check_gradients: bool = True) -> None:
+    def __init__(self, check_gradients: bool = True, check_every: int | None = None) -> None:
         self.check_gradients = check_gradients
+        self.check_every = check_every  # None: 1 on the CPU, 16 on CUDA
+
+    def before_fit(self) -> None:
+        if self.check_every is None:
+            self.every = 16 if self.learn.device.type == "cuda" else 1
+        else:
+            self.every = self.check_every
+        # Device-side record since the last read: [first bad step or -1, 1 if the loss (else the gradient)].
+        self._first = torch.full((2,), -1, dtype=torch.long, device=self.learn.device)
+        self._step = torch.zeros((), dtype=torch.long, device=self.learn.device)
+
+    def _note(self, finite: torch.Tensor, kind: int) -> None:
+        if self.every == 1:  # read now, before the optimizer step, so the weights stay finite
+            if not finite.item():
+                value = f"{self.learn.loss.item()}" if kind == 1 else "NaN/Inf"
+                self._stop("loss" if kind == 1 else "gradient", value, self.learn.train_iter)
+            return
+        self._step.fill_(self.learn.train_iter)
+        fresh = (~finite) & (self._first[0] < 0)
+        self._first.copy_(torch.where(fresh, torch.stack([self._step, self._step.new_tensor(kind)]), self._first))
 
     def after_loss(self) -> None:
-        if self.learn.training and not torch.isfinite(self.learn.loss.detach()).item():
-            self._stop("loss", f"{self.learn.loss.item()}")
+        if self.learn.training:
+            self._note(torch.isfinite(self.learn.loss.detach()), 1)
 
     def after_backward(self) -> None:
         if not self.check_gradients:
             return
         grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all().item():
-            self._stop("gradient", "NaN/Inf")
+        if grads:
+            self._note(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all(), 0)
 
-    def _stop(self, what: str, value: str) -> None:
+    def after_batch(self) -> None:
+        if self.learn.training and self.every > 1 and self.learn.train_iter % self.every == 0:
+            self.check_now()
+
+    def after_train(self) -> None:
+        self.check_now()
+
+    def check_now(self) -> None:
+        """Read the device-side record (one host read); raise NonFiniteError if a step went bad."""
+        first = getattr(self, "_first", None)
+        if first is None:
+            return
+        step, kind = first.tolist()
+        if step >= 0:
+            self._stop("loss" if kind == 1 else "gradient", "NaN/Inf", step)
+
+    def _stop(self, what: str, value: str, step: int) -> None:
         from ..diagnose.findings import Finding
 
         learn = self.learn
-        step = learn.train_iter
         layer = first_nonfinite_layer(learn.model, learn.xb)
         where = f" first in layer {layer}" if layer else ""
         message = (f"training stopped: the {what} became {value} at step {step} (epoch {learn.epoch + 1}, "

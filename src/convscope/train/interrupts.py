@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .callback import Callback
@@ -21,6 +21,9 @@ class GracefulStop(Callback):
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        # Under torch.distributed all ranks must stop at the same step: the DistributedTrainer sets this
+        # to a function that returns True on every rank once any rank asked (see dist/ddp.py).
+        self.agree: Callable[[bool], bool] | None = None
 
     def request(self, signum: int) -> None:
         if self.signum is not None:
@@ -28,7 +31,14 @@ class GracefulStop(Callback):
         self.signum = signum
 
     def after_batch(self) -> None:
-        if self.signum is not None and self.learn.training:
+        if not self.learn.training:
+            return
+        asked = self.signum is not None
+        if self.agree is not None:
+            asked = self.agree(asked)
+            if asked and self.signum is None:
+                self.signum = signal.SIGTERM  # another rank was signalled: report it as a stop request
+        if asked:
             raise CancelFitException
 
 

@@ -11,7 +11,6 @@ stay tensors, metrics are summed on the device and read once per epoch.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dist.context import all_reduce
 from ..errors import ConfigError
 from .callback import Callback
 from .events import (
@@ -89,6 +89,9 @@ class Learner:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        # What the training forward pass calls: the model itself, or a wrapper of it such as
+        # DistributedDataParallel (set by dist.ddp.DistributedTrainer for the length of a fit).
+        self.train_model: nn.Module | None = None
         self.train_data, self.valid_data = train_data, valid_data
         self.loss_func, self.opt_func, self.lr, self.wd = loss_func, opt_func, lr, wd
         self.metrics = list(metrics)
@@ -288,7 +291,7 @@ class Learner:
     def _train_batch(self) -> None:
         try:
             self("before_batch")
-            self.pred = self.model(self.xb)
+            self.pred = (self.model if self.train_model is None else self.train_model)(self.xb)
             self("after_pred")
             self.loss = self.loss_func(self.pred, self.yb)
             self("after_loss")
@@ -335,7 +338,9 @@ class Learner:
         self.model.train(was_training)
         if count == 0:
             raise ConfigError("the validation data yields no batch")
-        values = torch.stack([total_loss, *totals]).div(count).tolist()  # the one host read
+        # Under torch.distributed each rank holds a shard of the data: sum the totals over ranks.
+        sums = all_reduce(torch.stack([total_loss, *totals, torch.tensor(float(count), device=self.device)]))
+        values = sums[:-1].div(sums[-1]).tolist()  # the one host read
         return {"valid_loss": values[0], **{m.__name__: v for m, v in zip(self.metrics, values[1:])}}
 
     def _to_device(self, t: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..dist.context import all_reduce, current
 from .callback import Callback
 
 
@@ -46,9 +47,13 @@ class Recorder(Callback):
     def after_train(self) -> None:
         self._flush_losses()
 
-    def _flush_losses(self) -> None:
+    def _flush_losses(self, combine: bool = True) -> None:
         if self._pending_losses:
-            self.steps["loss"].extend(torch.stack(self._pending_losses).float().cpu().tolist())
+            losses = torch.stack(self._pending_losses).float()
+            world = current().world_size
+            if world > 1 and combine:  # each rank saw its shard: the global batch's loss is their mean
+                losses = all_reduce(losses) / world
+            self.steps["loss"].extend(losses.cpu().tolist())
             self._pending_losses = []
 
     def after_epoch(self) -> None:
@@ -63,7 +68,9 @@ class Recorder(Callback):
         self.epochs.append(row)
 
     def after_fit(self) -> None:
-        self._flush_losses()  # a crashed or cancelled fit still keeps its step losses
+        # A crashed or cancelled fit still keeps its step losses (after a crash under torch.distributed,
+        # this rank's own: the other ranks may be gone).
+        self._flush_losses(combine=self.learn.exception is None)
 
     def resume_from(self, run_dir: Path, ckpt: Any) -> None:
         """Reload the steps and epochs recorded before the checkpoint (later rows were never confirmed)."""
