@@ -185,7 +185,11 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     finally:
         result.interrupted = stopper.signum
         # After a refused write (disk full, read-only) the diagnosis and report would only fail the same way.
-        if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main:
+        # Under torchrun a stop by signal is followed by SIGKILL after 30 s: no time for the report, which
+        # `convscope report RUN` writes later from the saved files.
+        late = dist_info.distributed and stopper.signum is not None
+        if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main \
+                and not late:
             result.findings = finish_run(run_dir, learn.exception)
     return result
 

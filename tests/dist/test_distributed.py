@@ -34,7 +34,8 @@ def torchrun(script: str, *args: str, data_dir: Path, timeout: float = 300) -> s
     env = dict(os.environ, CONVSCOPE_TEST_DATA=str(data_dir), CONVSCOPE_DATA=str(data_dir), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(HERE / script),
            *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    # A session of its own: the interrupt test signals the whole process group, as a terminal's Ctrl-C does.
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 
 def plain_first_step(mnist, global_bs: int) -> dict[str, np.ndarray]:
@@ -154,3 +155,19 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_run_resumes_on_one_process(
     assert list(steps["step"]) == list(range(60000 // 512))  # same global batch on 1 process: no gap, no repeat
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["accuracy"] >= 0.97
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_the_run_resumes(tmp_path, data_dir):
+    run = tmp_path / "ctrl-c"
+    proc = torchrun("train_worker.py", str(run), "1", "interrupt", "50", data_dir=data_dir)
+    assert proc.returncode != 0
+    # The ranks agree on a stop every 8 steps (dist/ddp.py): both stop after step 56, the first check
+    # after the signal, and rank 0 checkpoints there.
+    assert "rank 0 stopped at step 56" in proc.stdout and "rank 1 stopped at step 56" in proc.stdout, proc.stdout
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["train_iter"] == 56
+    env = dict(os.environ, CONVSCOPE_DATA=str(data_dir))
+    resumed = subprocess.run([sys.executable, "-m", "convscope", "train", "--resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list(np.load(run / "steps.npz")["step"]) == list(range(60000 // 512))

@@ -33,6 +33,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     When a process fails, torchrun stops the others; its own report of that is a long traceback, so it
     is replaced by one line naming the process that failed first (that process printed its own error).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -43,11 +44,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     # Share the cores out (torchrun would set 1 thread per process and warn); its agent's log lines about
     # stopping processes are replaced by the one line below.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "convscope",
                                          *without_option(argv, "--nproc")])
     try:
         run(args)
+    except SignalException as exc:  # Ctrl-C / SIGTERM: torchrun passed it on; process 0 printed how to resume
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode

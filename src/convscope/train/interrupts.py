@@ -27,7 +27,11 @@ class GracefulStop(Callback):
 
     def request(self, signum: int) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt  # asked twice: stop now
+            # Asked twice: stop now. Under torchrun a Ctrl-C reaches each process twice, as SIGINT from the
+            # terminal and as SIGTERM from torchrun passing it on: that pair is still one request.
+            if self.agree is None or signum == self.signum:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def after_batch(self) -> None:
