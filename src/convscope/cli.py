@@ -173,7 +173,8 @@ def train(
         learn = result.learn
         report = f"; write its report with: convscope report {result.run_dir}" if rank.distributed else ""
         err.print(f"stopped by signal {result.interrupted} at step {learn.train_iter} (epoch {learn.epoch + 1}); "
-                  f"everything is saved. Resume with: convscope train --resume {result.run_dir}{report}", soft_wrap=True)
+                  f"everything is saved. Resume with: convscope train --resume {result.run_dir}{report}",
+                  soft_wrap=True)
         raise typer.Exit(128 + result.interrupted)
     console.print(f"run written to {result.run_dir}")
 
