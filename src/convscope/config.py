@@ -38,6 +38,7 @@ class TrainConfig:
     recipe: str = "book"  # the named recipe these settings started from (see recipes.py)
     channels: tuple[int, ...] = (8, 16, 32, 64)
     first_kernel: int = 5
+    head: str = "conv"  # "conv" (the book's last conv) or "linear" (flatten + Linear; see models/cnn.py)
     seed: int = 42
     device: str = "auto"
     limit_train: int | None = None  # use only the first N training images (quick experiments, tests)
@@ -72,6 +73,8 @@ class TrainConfig:
         self.moms = tuple(self.moms)
         if len(self.moms) != 3 or any(not (isinstance(m, (int, float)) and 0 <= m < 1) for m in self.moms):
             raise ConfigError(f"moms must be three numbers in [0, 1) (start, middle, end), got {self.moms!r}")
+        if self.head not in ("conv", "linear"):
+            raise ConfigError(f"unknown head {self.head!r}; choose conv or linear")
         if self.opt not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.opt!r}; choose adamw or sgd")
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):

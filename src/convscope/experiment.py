@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights
     train_dl, valid_dl, info = build_batches(cfg, device, dist_info.rank, dist_info.world_size)
     model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
-                       first_kernel=cfg.first_kernel, bn=cfg.bn)
+                       first_kernel=cfg.first_kernel, bn=cfg.bn, head=cfg.head, image_size=tuple(info["image_size"]))
     model = fit_to_input(model, info)
     if cfg.sync_bn and dist_info.distributed:
         model = sync_batchnorm(model, device)

@@ -17,7 +17,10 @@ from .errors import ConfigError
 
 RECIPES: dict[str, dict[str, Any]] = {
     "book": {},  # TrainConfig's defaults are the book's
-    "fast": {"epochs": 2, "lr": 0.1},  # placeholder until the search in docs/fast_recipe.md is done
+    # The book recipe cut to 3 epochs (chosen on a held-out 10k of the training set: it matches the
+    # 5-epoch recipe there), in channels_last memory layout (the same arithmetic, ~10-20% faster on CPU
+    # convolutions). See docs/fast_recipe.md for what else was tried.
+    "fast": {"epochs": 3, "lr": 0.1, "channels_last": True},
 }
 
 

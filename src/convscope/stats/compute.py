@@ -70,7 +70,7 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     # wraps, and a cast to bytes (4x less memory traffic for the counting pass).
     idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
     idx = idx.to(torch.uint8 if n + 1 < 256 else torch.int32)
-    return torch.bincount(idx.view(-1), minlength=n + 2)
+    return torch.bincount(idx.reshape(-1), minlength=n + 2)  # reshape: a channels_last input is not viewable
 
 
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
