@@ -128,7 +128,8 @@ def simple_cnn(
         for i in range(len(channels)):
             ks = first_kernel if i == 0 else 3
             h, w = (h + 2 * (ks // 2) - ks) // 2 + 1, (w + 2 * (ks // 2) - ks) // 2 + 1
-        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten()), ("fc", nn.Linear(channels[-1] * h * w, n_classes))]
+        fc = nn.Linear(channels[-1] * h * w, n_classes)
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten()), ("fc", fc)]
         if bn:
             layers.append(("bn", nn.BatchNorm1d(n_classes)))
         blocks.append(("head", nn.Sequential(OrderedDict(layers))))
