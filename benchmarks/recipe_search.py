@@ -36,7 +36,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import run_worker
+from _common import bare_accuracy, bare_epoch, bare_optimizer, run_worker
 
 BOOK_CHANNELS = (8, 16, 32, 64)
 
@@ -246,27 +246,13 @@ def worker_book(seed: int) -> dict:
     model = simple_cnn()
     epochs, bs, lr = 5, 512, 0.1
     steps = epochs * (len(x) // bs)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.95, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.25, div_factor=25,
-                                                final_div_factor=4000,  # lr_max/25/4000 = lr_max/1e5
-                                                base_momentum=0.85, max_momentum=0.95)
+    opt, sched = bare_optimizer(model, lr, steps)
     gen = torch.Generator().manual_seed(seed)
     accs, when = [], []
     start = time.perf_counter()
     for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(len(x) // bs):
-            idx = perm[i * bs:(i + 1) * bs]
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.inference_mode():
-            correct = sum(int((model(xv[i:i + 2000]).argmax(1) == yv[i:i + 2000]).sum())
-                          for i in range(0, len(xv), 2000))
-        accs.append(correct / len(xv))
+        bare_epoch(model, opt, sched, x, y, bs, gen)
+        accs.append(bare_accuracy(model, xv, yv))
         when.append(time.perf_counter() - start)
     return {"acc": accs[-1], "secs": when[-1], "steps": steps, "acc_by_epoch": accs, "secs_by_epoch": when}
 

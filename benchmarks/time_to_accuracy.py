@@ -26,8 +26,7 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
-from _common import run_worker
+from _common import bare_accuracy, bare_epoch, bare_optimizer, run_worker
 
 TARGET = 0.99
 BOOK = {"epochs": 5, "lr": 0.1, "bs": 512}
@@ -73,28 +72,13 @@ def worker_bare(seed: int) -> dict:
     steps_per_epoch = len(x) // bs
     torch.manual_seed(seed)
     model = simple_cnn()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.95, 0.99), eps=1e-5, weight_decay=0.01, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch, pct_start=0.25,
-                                                div_factor=25, final_div_factor=4000, base_momentum=0.85,
-                                                max_momentum=0.95)
+    opt, sched = bare_optimizer(model, lr, epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     marks = []
     start = time.perf_counter()
     for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        model.eval()
-        with torch.inference_mode():
-            correct = sum(int((model(xt[i : i + 1024]).argmax(1) == yt[i : i + 1024]).sum())
-                          for i in range(0, len(xt), 1024))
-        marks.append((time.perf_counter() - start, correct / len(xt)))
+        bare_epoch(model, opt, sched, x, y, bs, gen)
+        marks.append((time.perf_counter() - start, bare_accuracy(model, xt, yt, 1024)))
     return {"marks": marks, "samples_per_s": epochs * steps_per_epoch * bs / marks[-1][0]}
 
 

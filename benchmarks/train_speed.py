@@ -15,8 +15,7 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from _common import describe, run_worker
+from _common import bare_epoch, bare_optimizer, describe, run_worker
 
 BS, LR = 512, 0.06
 
@@ -60,27 +59,13 @@ def worker_bare(steps: int) -> float:
     x, y = load()
     torch.manual_seed(0)
     model = simple_cnn()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01,
-                            fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=steps, pct_start=0.25, div_factor=25,
-                                                final_div_factor=4000, base_momentum=0.85, max_momentum=0.95)
+    opt, sched = bare_optimizer(model, LR, steps)
     gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     done = 0
-    model.train()
     while done < steps:
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(len(x) // BS):
-            idx = perm[i * BS : (i + 1) * BS]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            done += 1
-            if done == steps:
-                break
-    loss.item()
+        done += bare_epoch(model, opt, sched, x, y, BS, gen, max_steps=steps - done)
+    next(model.parameters()).sum().item()  # wait for the last step (matters on a GPU only)
     return steps * BS / (time.perf_counter() - start)
 
 
