@@ -26,9 +26,12 @@ def test_unknown_recipe_is_a_config_error():
         recipe_settings("turbo")
 
 
-def test_recipe_settings_are_a_copy():
+def test_recipe_settings_are_a_copy_with_overrides_on_top():
     recipe_settings("fast")["epochs"] = 99
     assert RECIPES["fast"]["epochs"] != 99
+    settings = recipe_settings("fast", epochs=1.5, seed=3)
+    assert settings == {**RECIPES["fast"], "epochs": 1.5, "seed": 3}
+    assert TrainConfig(**settings).epochs == 1.5
 
 
 def test_cli_recipe_with_an_explicit_option_overrides_only_that_option(tmp_path, data_dir, monkeypatch):
