@@ -76,3 +76,13 @@ def test_summary_command_prints_the_book_numbers(runner):
     assert result.exit_code == 0
     # 5x5 first conv: 25 inputs per position into 8 channels; receptive field of the last conv is 65.
     assert "conv1.conv" in result.stdout and "30,542" in result.stdout
+
+
+def test_summary_of_the_linear_head_counts_its_parameters(runner):
+    result = runner.invoke(app, ["summary", "--head", "linear"])
+    assert result.exit_code == 0
+    # The book's 30,542 minus its last block (conv 64->10 3x3 + bias, BN weight and bias) plus the Linear
+    # head on the 2x2x64 grid (+ bias) and its BatchNorm1d(10).
+    conv5 = 64 * 10 * 9 + 10 + 2 * 10
+    head = 256 * 10 + 10 + 2 * 10
+    assert "head.fc" in result.stdout and f"{30_542 - conv5 + head:,}" in result.stdout

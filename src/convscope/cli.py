@@ -187,13 +187,14 @@ def summary(
     bn: Annotated[bool, typer.Option("--bn/--no-bn")] = True,
     input_size: Annotated[int, typer.Option(help="height and width of the input images")] = 28,
     in_channels: Annotated[int, typer.Option(help="1 for grayscale, 3 for RGB")] = 1,
+    head: Annotated[str, typer.Option(help="conv (the book's last conv) or linear (flatten + Linear)")] = "conv",
 ) -> None:
     """Per layer: output shape, parameters, multiply-accumulates and receptive field."""
     from .models.cnn import simple_cnn
     from .models.summary import summary as model_summary
 
     model = simple_cnn(channels=parse_ints(channels, "--channels"), in_channels=in_channels,
-                       first_kernel=first_kernel, bn=bn)
+                       first_kernel=first_kernel, bn=bn, head=head, image_size=input_size)
     console.print(str(model_summary(model, (in_channels, input_size, input_size))))
 
 
