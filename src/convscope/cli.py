@@ -26,10 +26,10 @@ console = Console(highlight=False)
 
 def rank_prefix() -> str:
     """'rank N: ' in the processes of a multi-process job other than rank 0, else ''."""
-    import os
+    from .dist.context import launch_env
 
-    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
-    return "" if rank == "0" else f"rank {rank}: "
+    info = launch_env()
+    return "" if info.is_main else f"rank {info.rank}: "
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -36,5 +36,7 @@ def test_resume_keeps_the_global_batch_whatever_the_process_count(tmp_path, worl
 
 def test_resume_refuses_a_process_count_that_cannot_split_the_global_batch(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"bs": 256, "data": {"world_size": 2, "global_bs": 512}}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ConfigError, match="3 processes cannot split evenly"):
         per_rank_batch(TrainConfig(bs=256), tmp_path, 3)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the run folder is untouched

@@ -44,6 +44,13 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_env() -> DistInfo:
+    """This process's rank as torchrun's environment says, before (or without) any process group."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def current() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
@@ -94,7 +101,7 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 def refuse_under_torchrun(command: str) -> None:
     """Commands that compare whole trainings in one process say so instead of hanging under torchrun."""
-    if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch_env().distributed:
         raise ConfigError(f"{command} runs in a single process; start it without torchrun/--nproc "
                           "(it trains many short runs and compares them, which does not split across ranks)")
 

@@ -10,7 +10,8 @@ combined exactly, from sums and counts, never as averages of averages:
                are all-reduced with MAX (a sum of per-rank dead counts would count a channel dead on
                one rank but alive on another)
 Gradient norms and update ratios need nothing: after DDP's all-reduce every rank holds the same ones.
-This runs once per block of rows (buffer.py), in two collectives, never per step.
+This runs once per block of rows (buffer.py), in at most three collectives (sums, histogram counts,
+channel maxima), never per step.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class NonFiniteGuard(Callback):
             self.every = 16 if self.learn.device.type == "cuda" else 1
         else:
             self.every = self.check_every
-        # Device-side record since the last read: [first bad step or -1, 1 if the loss (else the gradient)].
+        # Device-side record since the last read (used when every > 1):
+        # [first bad step or -1, 1 if the loss (else the gradient)].
         self._first = torch.full((2,), -1, dtype=torch.long, device=self.learn.device)
         self._step = torch.zeros((), dtype=torch.long, device=self.learn.device)
 
@@ -95,7 +96,7 @@ class NonFiniteGuard(Callback):
     def check_now(self) -> None:
         """Read the device-side record (one host read); raise NonFiniteError if a step went bad."""
         first = getattr(self, "_first", None)
-        if first is None:
+        if first is None or self.every == 1:  # checking every step: nothing was left to read
             return
         step, kind = first.tolist()
         if step >= 0:
