@@ -1,6 +1,6 @@
 """Run by test_resume.py in a real subprocess: train a short MNIST run, optionally signalling itself.
 
-    python resume_worker.py RUN_DIR straight|kill|int|term|resume AT_STEP
+    python resume_worker.py RUN_DIR straight|kill|int|term|resume AT_STEP [book|fast]
 
 `kill`/`int`/`term` send SIGKILL/SIGINT/SIGTERM to this process when the optimizer step AT_STEP has
 finished, from inside training, so the interruption lands at the same point every time. Exit codes
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from convscope import TrainConfig
 from convscope.experiment import train
+from convscope.recipes import recipe_settings
 from convscope.train import Callback
 
 SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
@@ -32,18 +33,20 @@ class SignalSelf(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def config(run_dir: Path) -> TrainConfig:
-    return TrainConfig(out=str(run_dir.parent), name=run_dir.name, epochs=2, bs=256, lr=0.03, limit_train=4096,
-                       device="cpu", seed=7)
+def config(run_dir: Path, recipe: str = "book") -> TrainConfig:
+    """`fast` adds the fast recipe's crop, Linear head, channels_last and the freeze of conv1 half-way."""
+    settings = recipe_settings(recipe, epochs=2, bs=256, lr=0.03, limit_train=4096, device="cpu", seed=7)
+    return TrainConfig(**settings, out=str(run_dir.parent), name=run_dir.name, recipe=recipe)
 
 
 def main() -> None:
     run_dir, mode, at_step = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    recipe = sys.argv[4] if len(sys.argv) > 4 else "book"
     if mode == "resume":
-        result = train(config(run_dir), resume=run_dir)
+        result = train(config(run_dir, recipe), resume=run_dir)
     else:
         cbs = [SignalSelf(at_step, SIGNALS[mode])] if mode in SIGNALS else []
-        result = train(config(run_dir), cbs=cbs)
+        result = train(config(run_dir, recipe), cbs=cbs)
     if result.interrupted is not None:
         sys.exit(128 + result.interrupted)
 

@@ -150,7 +150,10 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "out-below-a-file", "resume-of-a-missing-run", "resume-of-a-folder-that-is-not-a-run",
        "report-of-a-missing-run", "diagnose-of-a-folder-that-is-not-a-run", "unknown-recipe", "nproc-0",
        "momentum-outside-0-1-in-a-config", "lr-divisor-below-1-in-a-config", "unknown-optimizer-in-a-config",
-       "label-smoothing-of-1-in-a-config", "unknown-model-head", "unknown-model-head-in-a-config")
+       "label-smoothing-of-1-in-a-config", "unknown-model-head", "unknown-model-head-in-a-config",
+       "crop-larger-than-the-images", "crop-0", "freeze-of-a-layer-the-model-lacks", "freeze-without-a-fraction",
+       "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
+       "crop-plus-its-shift-margin-larger-than-the-images")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 

@@ -18,9 +18,9 @@ STEPS_PER_EPOCH = 4096 // 256  # 16: the worker's limit_train / bs
 MID_EPOCH_2 = STEPS_PER_EPOCH + 7
 
 
-def run_worker(run_dir: Path, mode: str, at_step: int = 0) -> int:
+def run_worker(run_dir: Path, mode: str, at_step: int = 0, recipe: str = "book") -> int:
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, str(WORKER), str(run_dir), mode, str(at_step)], env=env,
+    proc = subprocess.run([sys.executable, str(WORKER), str(run_dir), mode, str(at_step), recipe], env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode not in (0, 130, 143, -signal.SIGKILL):
         raise AssertionError(proc.stderr[-3000:])
@@ -79,6 +79,26 @@ def test_interrupted_then_resumed_equals_straight(straight, tmp_path, mode, code
                                                                         MID_EPOCH_2)
     assert run_worker(run_dir, "resume") == 0
     assert_identical(straight, run_files(run_dir))
+
+
+@pytest.mark.parametrize("at_step", [7, MID_EPOCH_2])
+def test_fast_recipe_resumed_before_or_after_the_freeze_equals_straight(tmp_path, data_dir, at_step):
+    """The fast recipe freezes conv1 after 30% of the steps (step 10 of 32) and conv2 after 80% (step 26): a
+    run stopped before a freeze must freeze at the same step after resuming, and a frozen layer must stay
+    frozen."""
+    os.environ.setdefault("CONVSCOPE_DATA", str(data_dir))
+    assert run_worker(tmp_path / "straight", "straight", recipe="fast") == 0
+    straight = run_files(tmp_path / "straight")
+    assert run_worker(tmp_path / "run", "int", at_step, recipe="fast") == 130
+    assert run_worker(tmp_path / "run", "resume", recipe="fast") == 0
+    assert_identical(straight, run_files(tmp_path / "run"))
+    # The layers really froze at steps 10 and 26 (ceil(0.3 * 32), ceil(0.8 * 32)): NaN gradient rows from
+    # there on, finite ones before; conv3 trains to the end.
+    steps, grad = straight["stats"]["steps"], straight["stats"]["grad_norm"]
+    layers = list(straight["stats"]["layers"])
+    for layer, first_frozen in (("conv1.conv", 10), ("conv2.conv", 26), ("conv3.conv", 32)):
+        col = grad[:, layers.index(layer)]
+        assert np.all(np.isfinite(col[steps < first_frozen])) and np.all(np.isnan(col[steps >= first_frozen]))
 
 
 def test_resume_through_the_cli(straight, tmp_path):

@@ -75,6 +75,25 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
         raise ConfigError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
 
 
+def parse_freeze(text: str) -> dict[str, float]:
+    """'conv1=0.5,conv2=0.8' -> {'conv1': 0.5, 'conv2': 0.8}; 'none' -> {}."""
+    from .errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            at = float(value)
+        except ValueError:
+            at = None
+        if not sep or not name.strip() or at is None:
+            raise ConfigError(f"--freeze takes LAYER=FRACTION pairs such as conv1=0.5, got {text!r}")
+        out[name.strip()] = at
+    return out
+
+
 @app.command()
 @user_errors
 def train(
@@ -91,6 +110,13 @@ def train(
     schedule: Annotated[str, typer.Option(help="one-cycle or constant")] = "one-cycle",
     channels: Annotated[str | None, typer.Option(help="filters of the stride-2 convs, comma-separated "
                                                       "[default: the recipe's, book: 8,16,32,64]")] = None,
+    crop: Annotated[int | None, typer.Option(help="train and validate on the centre CROP x CROP pixels "
+                                                  "[default: the recipe's, book: none, fast: 20]")] = None,
+    shift: Annotated[int | None, typer.Option(help="with --crop: train on crops moved up to SHIFT pixels at "
+                                                   "random (validation uses the centre) [default: the recipe's, "
+                                                   "fast: 1]")] = None,
+    freeze: Annotated[str | None, typer.Option(help="stop training layers part-way, e.g. conv1=0.5 (after half "
+                                                    "the steps); 'none' trains all [default: the recipe's]")] = None,
     seed: Annotated[int, typer.Option(help="random seed (weights and data order)")] = 42,
     device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
@@ -125,8 +151,9 @@ def train(
         if data_root is not None:
             cfg.data_root = data_root
     else:
-        given = {"epochs": epochs, "lr": lr, "bs": bs,
-                 "channels": None if channels is None else parse_ints(channels, "--channels")}
+        given = {"epochs": epochs, "lr": lr, "bs": bs, "crop": crop, "shift": shift,
+                 "channels": None if channels is None else parse_ints(channels, "--channels"),
+                 "freeze": None if freeze is None else parse_freeze(freeze)}
         settings = {**recipe_settings(recipe), **{k: v for k, v in given.items() if v is not None}}
         if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
             settings["epochs"] = int(settings["epochs"])

@@ -39,6 +39,9 @@ class TrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     first_kernel: int = 5
     head: str = "conv"  # "conv" (the book's last conv) or "linear" (flatten + Linear; see models/cnn.py)
+    crop: int | None = None  # train and validate on the centre crop x crop pixels (MNIST: digits fill the centre 20x20)
+    shift: int = 0  # with crop: train on crops moved by up to this many pixels at random (validation: centre)
+    freeze: dict[str, float] = field(default_factory=dict)  # layer -> share of training after which it stops
     seed: int = 42
     device: str = "auto"
     limit_train: int | None = None  # use only the first N training images (quick experiments, tests)
@@ -86,6 +89,16 @@ class TrainConfig:
             raise ConfigError(f"channels must be whole numbers >= 1, got {self.channels!r}")
         if not isinstance(self.first_kernel, int) or self.first_kernel < 1:
             raise ConfigError(f"first_kernel must be a whole number >= 1, got {self.first_kernel!r}")
+        if self.crop is not None and (isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 1):
+            raise ConfigError(f"crop must be a whole number of pixels >= 1, got {self.crop!r}")
+        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or self.shift < 0:
+            raise ConfigError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
+        if self.shift and self.crop is None:
+            raise ConfigError(f"shift {self.shift} moves a crop around: give a crop too (e.g. --crop 20)")
+        if not isinstance(self.freeze, dict) or any(
+                not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1
+                for k, v in self.freeze.items()):
+            raise ConfigError(f"freeze must map layer names to fractions of training in [0, 1], got {self.freeze!r}")
         if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
             raise ConfigError(f"limit_train must be a whole number >= 1, got {self.limit_train!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):

@@ -45,7 +45,7 @@ class DeviceBatches:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1, shift: int = 0) -> None:
         if len(x) != len(y):
             raise ConfigError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
         if not isinstance(bs, int) or bs < 1:
@@ -55,7 +55,12 @@ class DeviceBatches:
         if drop_last and bs * world_size > len(x):
             what = f"batch size {bs}" + (f" x {world_size} processes" if world_size > 1 else "")
             raise ConfigError(f"{what} is larger than the dataset ({len(x)} items); use a smaller batch size")
-        self.x, self.y, self.bs = x, y, bs
+        if not isinstance(shift, int) or shift < 0 or (shift and (not shuffle or 2 * shift >= min(x.shape[-2:]))):
+            raise ConfigError(f"shift {shift!r} needs shuffled images larger than 2 x shift pixels")
+        if shift and not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()  # the shifted crops gather from x's memory by its strides (see _shifted_crops)
+        self.x, self.y, self.bs, self.shift = x, y, bs, shift
+        self._crop_pattern: torch.Tensor | None = None
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
         # The generator lives on the CPU: the permutation is cheap and this keeps orders identical
@@ -89,14 +94,45 @@ class DeviceBatches:
         self.epoch_start_state = self.generator.get_state()  # what a mid-epoch checkpoint must save
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            # Drawn right after the order from the same generator: replaying an epoch replays its shifts.
+            offsets = (torch.randint(0, 2 * self.shift + 1, (n, 2), generator=self.generator).to(self.x.device)
+                       if self.shift else None)
             for i in range(start, len(self)):
                 a, b = self._bounds(i)
                 idx = order[a:b]
-                yield self.x[idx], self.y[idx]
+                if offsets is not None:
+                    xb = self._shifted_crops(idx, offsets[a:b])
+                elif self.x.is_contiguous():  # the same rows as x[idx], ~5x quicker here (0.05 vs 0.23 ms)
+                    xb = self.x.index_select(0, idx)
+                else:  # x[idx] keeps channels_last; index_select would return a contiguous batch
+                    xb = self.x[idx]
+                yield xb, self.y.index_select(0, idx)
         else:
             for i in range(start, len(self)):
                 a, b = self._bounds(i)
                 yield self.x[a:b], self.y[a:b]
+
+    def _shifted_crops(self, idx: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Item k of the batch is x[idx[k]] cropped to (H - 2*shift, W - 2*shift) at row/column offsets[k].
+
+        One index_select from x's memory, at element positions built from its strides: each item's first
+        element plus a fixed pattern for the crop, in x's own memory layout (contiguous or channels_last).
+        Measured here, that is ~2x quicker than two gathers or a 4-d advanced index.
+        """
+        x = self.x
+        c, h, w = x.shape[1], x.shape[2] - 2 * self.shift, x.shape[3] - 2 * self.shift
+        s_n, s_c, s_h, s_w = x.stride()
+        if self._crop_pattern is None:  # element offsets of one crop, relative to its first element
+            ch, r, col = (torch.arange(n, device=x.device) for n in (c, h, w))
+            self._channels_last = not x.is_contiguous()
+            self._crop_pattern = (r[:, None, None] * s_h + col[:, None] * s_w + ch * s_c if self._channels_last
+                                  else ch[:, None, None] * s_c + r[:, None] * s_h + col * s_w)
+        first = idx * s_n + offsets[:, 0] * s_h + offsets[:, 1] * s_w  # [B]
+        where = (first.view(-1, 1, 1, 1) + self._crop_pattern).view(-1)
+        crops = x.as_strided((x.numel(),), (1,)).index_select(0, where)  # x is dense: numel elements of memory
+        if self._channels_last:
+            return crops.view(len(idx), h, w, c).permute(0, 3, 1, 2)
+        return crops.view(len(idx), c, h, w)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Generator state now, and at the start of the current epoch (to replay that epoch's order)."""

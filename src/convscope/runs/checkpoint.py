@@ -223,6 +223,19 @@ def restore_learner(learn: Any, ckpt: Checkpoint) -> None:
                        f"another convscope version, an older one may remain in {ckpt.path.name}.1") from None
 
 
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout.
+
+    Checkpoints hold contiguous tensors, and `Optimizer.load_state_dict` keeps the layout it is given. A
+    channels_last parameter would then get a contiguous exp_avg, and the fused AdamW kernel, which walks
+    parameter and state in memory order, would pair the wrong elements.
+    """
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def _restore_state(learn: Any, ckpt: Checkpoint) -> None:
     if learn.opt is None:
         learn.create_opt()
@@ -231,6 +244,7 @@ def _restore_state(learn: Any, ckpt: Checkpoint) -> None:
         if len(sd["param_groups"]) != len(learn.opt.param_groups):
             raise RunError(f"checkpoint {ckpt.path} was made with a different optimizer set-up")
         learn.opt.load_state_dict(sd)
+        _match_param_layout(learn.opt)
     torch.set_rng_state(ckpt.rng["torch"])
     cuda = [ckpt.rng[k] for k in sorted(ckpt.rng) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

@@ -149,6 +149,20 @@ class StatsCollector:
         params = self._params[0]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         self.buffer.grads[self.slot, :, 0] = self._per_layer_norm(torch._foreach_norm(grads))
+        self._mark_frozen(self.buffer.grads[self.slot, :, 0])
+
+    def _mark_frozen(self, row: torch.Tensor) -> None:
+        """NaN for layers whose parameters are all frozen (see train/freeze.py): they have no gradient and
+        no update, which is not the same as a gradient of zero (that would read as a vanishing gradient)."""
+        flags = tuple(not p.requires_grad for p in self._params[0])
+        if not any(flags):
+            return
+        if getattr(self, "_frozen_flags", None) != flags:  # rebuilt only when a layer freezes, not every step
+            frozen = [True] * len(self.layers)
+            for flag, layer in zip(flags, self._params[1].tolist()):
+                frozen[layer] = frozen[layer] and flag
+            self._frozen_flags, self._frozen_mask = flags, torch.tensor(frozen, device=row.device) & self._has_params
+        row.masked_fill_(self._frozen_mask, float("nan"))
 
     def before_update(self) -> None:
         if self.slot >= 0 and self.grad_stats and self._params[0]:
@@ -162,6 +176,7 @@ class StatsCollector:
         delta = self._per_layer_norm(torch._foreach_norm(torch._foreach_sub(after, before)))
         weight = self._per_layer_norm(torch._foreach_norm(before))
         self.buffer.grads[self.slot, :, 1] = delta / weight
+        self._mark_frozen(self.buffer.grads[self.slot, :, 1])
         self._before = None
 
     def _per_layer_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,19 @@ def fine_factor(bins: int, lo: float, hi: float) -> int:
     return 0
 
 
+def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
+    """x's elements as a 1-d view in memory order, when x is dense (contiguous or channels_last), else None.
+
+    The statistics other than dead channels ignore element order, and a 1-d view needs no copy where
+    `x.reshape(-1)` of a channels_last tensor would copy it (a sampled output x[:n] stays dense: the batch
+    dim is outermost in memory in both layouts)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this permutation is x's memory order
+    return None
+
+
 def dead_channels(x: torch.Tensor, out: torch.Tensor, channel_max: torch.Tensor | None = None) -> int:
     """Write the number of channels (dim 1) that are <= 0 for every element of the batch; return C.
 
@@ -48,6 +61,10 @@ def dead_channels(x: torch.Tensor, out: torch.Tensor, channel_max: torch.Tensor 
     """
     if x.ndim < 2:
         per_channel = x.amax().view(1)
+    elif x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        per_channel = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).amax(dim=0)  # one reduction, no copy
+    elif x.is_contiguous():
+        per_channel = x.view(x.shape[0], x.shape[1], -1).amax(dim=(0, 2))
     else:
         per_channel = x.amax(dim=0).reshape(x.shape[1], -1).amax(dim=1)
     out.copy_(per_channel.le(0).sum())
@@ -70,7 +87,7 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     # wraps, and a cast to bytes (4x less memory traffic for the counting pass).
     idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
     idx = idx.to(torch.uint8 if n + 1 < 256 else torch.int32)
-    return torch.bincount(idx.reshape(-1), minlength=n + 2)  # reshape: a channels_last input is not viewable
+    return torch.bincount(idx.reshape(-1), minlength=n + 2)
 
 
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
@@ -85,15 +102,17 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
-    torch.mean(x, dim=tuple(range(x.ndim)), out=values[MEAN])
-    torch.linalg.vector_norm(x, out=values[NORM])
+    flat = in_memory_order(x)
+    flat = x.reshape(-1) if flat is None else flat
+    torch.mean(flat, dim=0, out=values[MEAN])
+    torch.linalg.vector_norm(flat, out=values[NORM])
     if hist is not None:
-        counts = histogram(x, bins, lo, hi, max(fine, 1))
+        counts = histogram(flat, bins, lo, hi, max(fine, 1))
         torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)
     if hist is not None and fine:
         values[NEAR_ZERO_COUNT].copy_(counts[:2].sum())  # below 0 and [0, 0.05)
     else:
-        values[NEAR_ZERO_COUNT].copy_(x.le(NEAR_ZERO).sum())
+        values[NEAR_ZERO_COUNT].copy_(flat.le(NEAR_ZERO).sum())
     channels = dead_channels(x, values[DEAD_COUNT], channel_max)
     return x.numel(), channels
 
