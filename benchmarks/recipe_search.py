@@ -18,6 +18,7 @@ the 50k part). Only `--final` trains on all 60,000 training images and measures 
     python benchmarks/recipe_search.py '{"base": "book", "bs": 256}' --seeds 0 # ad-hoc candidate as JSON
     python benchmarks/recipe_search.py book_3ep --final --book --seeds 0 1 2   # 60k -> TEST set, + bare book
     python benchmarks/recipe_search.py --book --seeds 0 1 2         # bare book loop alone (60k -> test)
+    python benchmarks/recipe_search.py --book-heldout --seeds 0 1 2 # the same on the search split (seconds)
 
 Put `--seeds` after the candidate names (it takes several values). Results: docs/fast_recipe.md.
 
@@ -45,7 +46,8 @@ DEFAULTS: dict = dict(
     channels=BOOK_CHANNELS, first_kernel=5, bn=True, model_kwargs={},
     bs=512, epochs=5.0, lr_max=0.1, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95),
     wd=0.01, opt="adamw", beta2=0.99, eps=1e-5, nesterov=False, label_smoothing=0.0,
-    channels_last=False, compile=False, bf16=False, valid_bs=2000,
+    channels_last=False, compile=False, bf16=False, valid_bs=2000, crop=28,
+    first_layer="train", freeze_at=(), stem=None, shift=0,
     stats=True,  # False only in --cost probes that isolate a stats bug (never in accuracy rows)
 )
 
@@ -108,8 +110,61 @@ CANDIDATES: dict[str, dict] = {
                                   channels=(8, 16, 32, 128)),
     "cl_lin_2ep_c8-24-48-96": _c(channels_last=True, model_kwargs={"head": "linear"}, epochs=2.0,
                                  channels=(8, 24, 48, 96)),
+    # round 3: the centre crop (crop 20: grids 10-5-3-2, ~half the work per step), then freezing early blocks
+    # part-way (no backward pass through them once frozen), on top of channels_last + Linear head
+    "crop20_2ep": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.0),
+    "crop24_2ep": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=24, epochs=2.0),
+    "crop20_2.5ep": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.5),
+    "crop20_3ep": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0),
+    "crop18_3ep_f0.5": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=18, epochs=3.0, freeze_at=(0.5,)),
+    "crop20_2.5ep_pca": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.5,
+                           first_layer="pca"),
+    "crop20_2.5ep_random": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.5,
+                              first_layer="random"),
+    "crop20_3ep_pca": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0, first_layer="pca"),
+    "crop20_2.5ep_f0.5": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.5,
+                            freeze_at=(0.5,)),
+    "crop20_2.5ep_f0.4-0.7": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.5,
+                                freeze_at=(0.4, 0.7)),
+    "crop20_3ep_f0.4-0.6": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                              freeze_at=(0.4, 0.6)),
+    "crop20_3ep_f0.5": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0, freeze_at=(0.5,)),
+    "crop20_3ep_f0.3": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0, freeze_at=(0.3,)),
+    "crop20_2.75ep_f0.3": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=2.75,
+                             freeze_at=(0.3,)),
+    "crop20_3ep_f0.3-0.8": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                              freeze_at=(0.3, 0.8)),
+    "crop20_3.25ep_f0.3-0.7": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.25,
+                                 freeze_at=(0.3, 0.7)),
+    "crop20_3ep_f0.3-0.8_c8-16-48-96": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                          freeze_at=(0.3, 0.8), channels=(8, 16, 48, 96)),
+    "crop20_3ep_f0.3-0.8_c8-16-64-128": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                           freeze_at=(0.3, 0.8), channels=(8, 16, 64, 128)),
+    "crop20_3ep_f0.5_bs1024": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                 freeze_at=(0.5,), bs=1024),
+    "crop20_3ep_f0.5_bs1024_lr0.15": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                        freeze_at=(0.5,), bs=1024, lr_max=0.15),
+    "crop20_3ep_f0.3-0.8_shift1": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                     freeze_at=(0.3, 0.8), shift=1),
+    "crop20_3ep_f0.3-0.8_shift2": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                     freeze_at=(0.3, 0.8), shift=2),
+    "crop20_3.25ep_f0.3-0.8_shift1": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20,
+                                        epochs=3.25, freeze_at=(0.3, 0.8), shift=1),
+    "crop20_3.5ep_f0.3-0.8": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.5,
+                                freeze_at=(0.3, 0.8)),
+    "crop20_3.5ep_f0.25-0.6": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.5,
+                                 freeze_at=(0.25, 0.6)),
+    "crop20_4ep_f0.2-0.5-0.8": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=4.0,
+                                  freeze_at=(0.2, 0.5, 0.8)),
+    "crop20_3ep_f0.3-0.8_c8-16-48-64": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                          freeze_at=(0.3, 0.8), channels=(8, 16, 48, 64)),
+    "crop20_3ep_f0.3-0.8_c8-16-32-96": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, epochs=3.0,
+                                          freeze_at=(0.3, 0.8), channels=(8, 16, 32, 96)),
+    "crop20_3ep_patch4_c16-32-64": _c(channels_last=True, crop=20, epochs=3.0, stem="s2d4", channels=(16, 32, 64)),
     # per-step cost only (--cost): speed tricks
     "cost_cl_lin": _c(channels_last=True, model_kwargs={"head": "linear"}),
+    "cost_crop20": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20),
+    "cost_crop20_frozen1": _c(channels_last=True, model_kwargs={"head": "linear"}, crop=20, freeze_at=(0.0,)),
     "cost_bf16": _c(bf16=True),
     "cost_compile": _c(compile=True),
     "cost_channels_last": _c(channels_last=True),
@@ -133,8 +188,9 @@ def make_opt_factory(cand: dict):
     return factory
 
 
-def split(final: bool):
-    """(x_train, y_train, x_valid, y_valid): 50k/10k of the training set, or 60k train / 10k test."""
+def split(final: bool, crop: int = 28):
+    """(x_train, y_train, x_valid, y_valid): 50k/10k of the training set, or 60k train / 10k test; the
+    centre `crop` x `crop` pixels of every image."""
     from convscope.data.batches import normalize_images
     from convscope.data.sources import load_dataset
 
@@ -144,9 +200,31 @@ def split(final: bool):
     else:  # search: the test set is never loaded into the run
         tr_i, tr_l = d.train_images[:50_000], d.train_labels[:50_000]
         va_i, va_l = d.train_images[50_000:], d.train_labels[50_000:]
+    o = (28 - crop) // 2
+    tr_i, va_i = tr_i[..., o : o + crop, o : o + crop], va_i[..., o : o + crop, o : o + crop]
     x, mean, std = normalize_images(tr_i)
     xv, _, _ = normalize_images(va_i, mean, std)
     return x, tr_l, xv, va_l
+
+
+def prepare_first_layer(model, x, how: str) -> None:
+    """Fix the first block (conv1 + its BN) before training: 'pca' = +-top principal components of the
+    conv's input patches, whitened; 'random' = its random init. Frozen: no backward through block 1."""
+    conv = model.conv1.conv
+    if how == "pca":
+        k, s = conv.kernel_size[0], conv.stride[0]
+        cols = F.unfold(x[:5000], k, padding=k // 2, stride=s).transpose(1, 2).reshape(-1, k * k)
+        cols = cols - cols.mean(0)
+        evals, evecs = torch.linalg.eigh(cols.T @ cols / len(cols))
+        n = conv.out_channels // 2
+        top = evecs[:, -n:].T / (evals[-n:, None] + 1e-2).sqrt()
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat([top, -top]).view_as(conv.weight))
+            conv.bias.zero_()
+    elif how != "random":
+        raise ValueError(how)
+    for p in model.conv1.parameters():
+        p.requires_grad_(False)
 
 
 def build(cand: dict, seed: int, final: bool, stop_after: int | None = None):
@@ -154,16 +232,36 @@ def build(cand: dict, seed: int, final: bool, stop_after: int | None = None):
     from convscope.models.cnn import simple_cnn
     from convscope.stats.activations import ActivationStats
     from convscope.train import Callback, CancelFitException, Learner
+    from convscope.train.freeze import FreezeLayers
 
-    x, y, xv, yv = split(final)
+    x, y, xv, yv = split(final, cand["crop"] + 2 * cand["shift"])  # trained on random crops of this
+    if cand["shift"]:
+        sh, size = cand["shift"], cand["crop"]
+        xv = xv[..., sh : sh + size, sh : sh + size]
     torch.manual_seed(seed)
-    model = simple_cnn(channels=tuple(cand["channels"]), first_kernel=cand["first_kernel"], bn=cand["bn"],
-                       **cand["model_kwargs"])
+    if cand["stem"]:  # trial: 4x4 pixel patches as channels, then stride-1 / stride-2 conv blocks
+        from collections import OrderedDict
+
+        from torch import nn
+
+        from convscope.models.cnn import conv_block
+
+        c = cand["channels"]
+        model = nn.Sequential(OrderedDict([
+            ("patch", nn.PixelUnshuffle(4)), ("conv1", conv_block(16, c[0], 3, stride=1)),
+            ("conv2", conv_block(c[0], c[1], 3)), ("conv3", conv_block(c[1], c[2], 3)),
+            ("flatten", nn.Flatten()), ("head", nn.Sequential(nn.BatchNorm1d(c[2] * 4), nn.Linear(c[2] * 4, 10)))]))
+    else:
+        model = simple_cnn(channels=tuple(cand["channels"]), first_kernel=cand["first_kernel"], bn=cand["bn"],
+                           image_size=cand["crop"], **cand["model_kwargs"])
     if cand["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if cand["compile"]:
         model.compile()
-    train = DeviceBatches(x, y, cand["bs"], shuffle=True, drop_last=True, seed=seed)
+    if cand["channels_last"]:
+        x, xv = x.contiguous(memory_format=torch.channels_last), xv.contiguous(memory_format=torch.channels_last)
+    # shift: every training image is the crop moved by up to `shift` pixels at random (validation: the centre)
+    train = DeviceBatches(x, y, cand["bs"], shuffle=True, drop_last=True, seed=seed, shift=cand["shift"])
     valid = DeviceBatches(xv, yv, cand["valid_bs"])
     loss = F.cross_entropy
     if cand["label_smoothing"]:
@@ -200,6 +298,10 @@ def build(cand: dict, seed: int, final: bool, stop_after: int | None = None):
                 self.learn.pred = self.learn.pred.float()
 
         cbs.append(Bf16())
+    if cand["first_layer"] != "train":
+        prepare_first_layer(model, x, cand["first_layer"])
+    if cand["freeze_at"]:  # block i+1 stops training once pct_train >= freeze_at[i]
+        cbs.append(FreezeLayers({f"conv{i + 1}": at for i, at in enumerate(cand["freeze_at"])}))
     times = StepTimes()
     cbs.append(times)
     learn = Learner(model, train, valid, loss_func=loss, opt_func=make_opt_factory(cand), wd=cand["wd"], cbs=cbs)
@@ -236,12 +338,12 @@ def worker_cost(cand: dict, steps: int) -> dict:
     return {"ms_step": ms, "cpu_ms_step": cpu_ms, "first_s": t[0] - start}
 
 
-def worker_book(seed: int) -> dict:
+def worker_book(seed: int, final: bool = True) -> dict:
     """The fastai book recipe in a bare PyTorch loop: simple_cnn+BN, bs 512, AdamW, 1cycle(5, 0.1), 60k
-    -> test accuracy after each epoch (validation included in the time)."""
+    -> test accuracy after each epoch (validation included in the time); 50k -> held-out when not `final`."""
     from convscope.models.cnn import simple_cnn
 
-    x, y, xv, yv = split(True)
+    x, y, xv, yv = split(final)
     torch.manual_seed(seed)
     model = simple_cnn()
     epochs, bs, lr = 5, 512, 0.1
@@ -281,6 +383,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--final", action="store_true", help="train on all 60k, measure on the TEST set")
     ap.add_argument("--book", action="store_true", help="also run the bare book loop (60k -> test set)")
+    ap.add_argument("--book-heldout", action="store_true",
+                    help="also run the bare book loop in search mode (50k -> held-out), for its seconds")
     ap.add_argument("--cost", action="store_true", help="only ms per training step (no accuracy)")
     ap.add_argument("--cost-steps", type=int, default=40)
     ap.add_argument("--list", action="store_true")
@@ -295,7 +399,7 @@ def main() -> None:
         elif args.worker == "cost":
             out = worker_cost(spec, args.cost_steps)
         else:
-            out = worker_book(args.seeds[0])
+            out = worker_book(args.seeds[0], args.final)
         print(json.dumps(out))
         return
     if args.list:
@@ -321,14 +425,16 @@ def main() -> None:
             print(f"ROW {name:28s} seed {seed} {where} acc {r['acc'] * 100:.2f} secs {r['secs']:.2f} "
                   f"steps {r['steps']} ms/step {r['secs'] / r['steps'] * 1000:.1f} cpu {r['cpu']:.2f}", flush=True)
         print(summary(name, rows), flush=True)
-    if args.book:
+    if args.book or args.book_heldout:
         rows = []
         for seed in args.seeds:
-            r = run_worker(__file__, ["--worker", "book", "--seeds", str(seed), *common])
+            where = [] if args.book_heldout else ["--final"]
+            r = run_worker(__file__, ["--worker", "book", "--seeds", str(seed), *where, *common])
             rows.append(r)
             accs = " ".join(f"{a * 100:.2f}" for a in r["acc_by_epoch"])
             secs = " ".join(f"{s:.1f}" for s in r["secs_by_epoch"])
-            print(f"ROW bare_book seed {seed} TEST acc by epoch {accs} | secs by epoch {secs}", flush=True)
+            where = "heldout" if args.book_heldout else "TEST"
+            print(f"ROW bare_book seed {seed} {where} acc by epoch {accs} | secs by epoch {secs}", flush=True)
         print(summary("bare_book", rows), flush=True)
 
 
