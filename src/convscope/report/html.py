@@ -22,6 +22,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from .. import __version__
@@ -233,6 +234,30 @@ def _layer_digest(stats: ActivationStatsData, layer: str) -> str:
             f"near zero {100 * stats.near_zero[-1, i]:.0f}%, dead channels {100 * stats.dead[-1, i]:.0f}%")
 
 
+def frozen_from(stats: ActivationStatsData) -> dict[str, int]:
+    """Layers frozen part-way (train/freeze.py) and the first recorded step without their gradient: their
+    gradient norm is finite at first and NaN from some step to the end (a layer without weights is NaN
+    throughout, and an unfrozen layer never turns NaN)."""
+    out = {}
+    for i, layer in enumerate(stats.layers):
+        finite = np.isfinite(stats.grad_norm[:, i])
+        if finite.any() and not finite[-1]:
+            last = int(np.flatnonzero(finite)[-1])
+            out[layer] = int(stats.steps[last + 1])
+    return out
+
+
+def _frozen_note(stats: ActivationStatsData) -> list[str]:
+    frozen = frozen_from(stats)
+    if not frozen:
+        return []
+    by_step: dict[int, list[str]] = {}
+    for layer, step in frozen.items():
+        by_step.setdefault(step, []).append(layer)
+    parts = "; ".join(f"{', '.join(layers)} from step {step}" for step, layers in sorted(by_step.items()))
+    return [f'<p class="muted">Frozen part-way (no gradient, no update; their lines stop there): {_e(parts)}.</p>']
+
+
 def _stats_section(stats: ActivationStatsData, findings: list[dict[str, Any]]) -> list[str]:
     out = ["<h2>Activation statistics</h2>",
            f'<p class="muted">{len(stats.layers)} layers, {stats.n_steps} recorded steps '
@@ -240,6 +265,7 @@ def _stats_section(stats: ActivationStatsData, findings: list[dict[str, Any]]) -
            _figure(lambda: plots.plot_overview(stats), "overview of all layers"),
            "<h2>Gradients</h2>",
            _figure(lambda: plots.plot_grad_stats(stats), "gradient norm and update ratio"),
+           *_frozen_note(stats),
            "<h2>Layers</h2>"]
     for name in stats.layers:
         mine = [f for f in findings if _names_layer(f, name)]  # sorted worst first
