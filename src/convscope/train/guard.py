@@ -64,6 +64,9 @@ class NonFiniteGuard(Callback):
         # [first bad step or -1, 1 if the loss (else the gradient)].
         self._first = torch.full((2,), -1, dtype=torch.long, device=self.learn.device)
         self._step = torch.zeros((), dtype=torch.long, device=self.learn.device)
+        # What went bad, as device tensors made once: new_tensor(kind) per step would copy from the host,
+        # which on CUDA is a sync per step (seen with torch.cuda.set_sync_debug_mode).
+        self._kinds = torch.tensor([0, 1], dtype=torch.long, device=self.learn.device)
 
     def _note(self, finite: torch.Tensor, kind: int) -> None:
         if self.every == 1:  # read now, before the optimizer step, so the weights stay finite
@@ -73,7 +76,7 @@ class NonFiniteGuard(Callback):
             return
         self._step.fill_(self.learn.train_iter)
         fresh = (~finite) & (self._first[0] < 0)
-        self._first.copy_(torch.where(fresh, torch.stack([self._step, self._step.new_tensor(kind)]), self._first))
+        self._first.copy_(torch.where(fresh, torch.stack([self._step, self._kinds[kind]]), self._first))
 
     def after_loss(self) -> None:
         if self.learn.training:
