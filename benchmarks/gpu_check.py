@@ -48,7 +48,8 @@ def count_syncs(steps: int) -> float:
                 torch.cuda.set_sync_debug_mode("default")
                 raise CancelFitException
 
-    learn = Learner(simple_cnn(), dl, None, cbs=[Watch(), ActivationStats(), NonFiniteGuard()])
+    # device=dev: without it the Learner takes the model's device, the CPU, and this part would train there
+    learn = Learner(simple_cnn(), dl, None, cbs=[Watch(), ActivationStats(), NonFiniteGuard()], device=dev)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         learn.fit_one_cycle(-(-(steps + 6) // len(dl)), 0.06)
