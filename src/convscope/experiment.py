@@ -21,7 +21,7 @@ from .data.folders import load_image_folder
 from .data.sources import DATASETS, ImageData, load_dataset
 from .devices import resolve_device
 from .dist.batchnorm import sync_batchnorm
-from .dist.context import init_from_env, on_main
+from .dist.context import init_from_env, launch_env, on_main
 from .dist.ddp import DistributedTrainer
 from .errors import ConfigError, RunError
 from .models.cnn import simple_cnn
@@ -156,6 +156,9 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     Everything that can be wrong with the input is checked before the run folder is made, so a failed
     start leaves nothing behind.
     """
+    if cfg.freeze and launch_env().distributed:  # before any process group: refuse, never rendezvous
+        raise ConfigError("freeze does not work with several processes yet (DDP expects every parameter's "
+                          "gradient at each step); train on one process or drop the freeze setting")
     dist_info, device = init_from_env(resolve_device(cfg.device))
     if resume is not None:
         cfg = per_rank_batch(cfg, resume, dist_info.world_size)
@@ -164,10 +167,7 @@ def train(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = ()
     model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
                        first_kernel=cfg.first_kernel, bn=cfg.bn, head=cfg.head, image_size=tuple(info["image_size"]))
     model = fit_to_input(model, info)
-    freeze = check_freeze(model, cfg.freeze)  # a wrong layer name fails here, before the run folder exists
-    if freeze and dist_info.distributed:
-        raise ConfigError("freeze does not work with several processes yet (DDP expects every parameter's "
-                          "gradient at each step); train on one process or drop the freeze setting")
+    check_freeze(model, cfg.freeze)  # a wrong layer name fails here, before the run folder exists
     if cfg.sync_bn and dist_info.distributed:
         model = sync_batchnorm(model, device)
     if cfg.channels_last:

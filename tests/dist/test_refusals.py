@@ -28,6 +28,19 @@ def test_single_process_commands_refuse_under_torchrun(command, tmp_path, data_d
     assert not (tmp_path / "o").exists()
 
 
+def test_freeze_refuses_several_processes_before_any_process_group(tmp_path, data_dir):
+    """DDP expects every parameter's gradient at each step, so --freeze says so under torchrun, at once (no
+    rendezvous is started: only this one process exists here), and writes nothing."""
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", CONVSCOPE_DATA=str(data_dir))
+    proc = subprocess.run([sys.executable, "-m", "convscope", "train", "--freeze", "conv1=0.5", "--out",
+                           str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: freeze does not work with several processes yet (DDP expects every parameter's gradient "
+        "at each step); train on one process or drop the freeze setting"]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("world, expected", [(1, 512), (2, 256), (4, 128)])
 def test_resume_keeps_the_global_batch_whatever_the_process_count(tmp_path, world, expected):
     (tmp_path / "config.json").write_text(json.dumps({"bs": 256, "data": {"world_size": 2, "global_bs": 512}}))
