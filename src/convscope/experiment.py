@@ -70,7 +70,11 @@ def build_batches(cfg: TrainConfig, device: torch.device, rank: int = 0, world_s
         n = cfg.limit_train
         data.train_images, data.train_labels = data.train_images[:n], data.train_labels[:n]
     if cfg.crop is not None:  # training keeps a margin of `shift` pixels around the crop to move it in
-        data.train_images = centre_crop(data.train_images, cfg.crop + 2 * cfg.shift, cfg.crop, cfg.shift)
+        h, w = data.train_images.shape[-2:]
+        if cfg.shift and cfg.crop + 2 * cfg.shift > min(h, w):
+            raise ConfigError(f"crop {cfg.crop} + 2 x shift {cfg.shift} = {cfg.crop + 2 * cfg.shift} is larger than "
+                              f"the {h}x{w} images; use a smaller --crop or --shift")
+        data.train_images = centre_crop(data.train_images, cfg.crop + 2 * cfg.shift)
         data.test_images = centre_crop(data.test_images, cfg.crop)
     n_train = len(data.train_labels)
     if cfg.bs * world_size > n_train:
@@ -93,18 +97,14 @@ def build_batches(cfg: TrainConfig, device: torch.device, rank: int = 0, world_s
     return train, valid, info
 
 
-def centre_crop(images: torch.Tensor, size: int, crop: int | None = None, shift: int = 0) -> torch.Tensor:
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """The centre `size` x `size` pixels of images [N, H, W] or [N, C, H, W].
 
     MNIST's digits were scaled into a 20x20 box and centred in 28x28 by their centre of mass, so the
     centre 20x20 holds 96.7% of the ink and a crop there costs ~half the compute of each conv layer.
-    `crop`/`shift` only word the error when `size` is a crop plus its margin for shifts.
     """
     h, w = images.shape[-2:]
     if size > min(h, w):
-        if shift:
-            raise ConfigError(f"crop {crop} + 2 x shift {shift} = {size} is larger than the {h}x{w} images; "
-                              f"use a smaller --crop or --shift")
         raise ConfigError(f"crop {size} is larger than the {h}x{w} images; use --crop <= {min(h, w)}")
     top, left = (h - size) // 2, (w - size) // 2
     return images[..., top : top + size, left : left + size]
