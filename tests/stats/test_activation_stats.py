@@ -76,6 +76,55 @@ def test_one_batch_matches_plain_pytorch(batch, bn, hist_range):
         assert np.abs(data.hist[0, i] - expected["hist"]).max() <= max(2, 1e-5 * n), name
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dead_channels_and_moments_match_plain_pytorch_in_both_memory_layouts(batch, channels_last):
+    # Channels 0-2 of conv1 and 0-4 of conv2 are killed (a large negative bias): their conv outputs are
+    # <= 0 everywhere and their ReLU outputs 0, so the dead share is 3/8 and 5/16 there, and the
+    # per-channel maxima are taken over a channels_last layout when asked (stats.compute.channel_maxima).
+    torch.manual_seed(0)
+    model = simple_cnn(head="linear").train()
+    with torch.no_grad():
+        model.get_submodule("conv1.conv").bias[:3] = -1e3
+        model.get_submodule("conv2.conv").bias[:5] = -1e3
+    xb, _ = batch
+    if channels_last:
+        model, xb = model.to(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
+    collector = StatsCollector(model, sample=None)
+    collector.attach()
+    collector.begin_step(0)
+    with torch.no_grad():
+        model(xb)
+    collector.end_step()
+    collector.detach()
+    data = collector.data()
+    with torch.no_grad():  # train-mode BatchNorm normalises with the batch statistics: same outputs again
+        ref = reference_outputs(model, xb)
+    dead = {}
+    for i, name in enumerate(data.layers):
+        expected = fastai_stats(ref[name])
+        dead[name] = data.dead[0, i]
+        assert data.dead[0, i] == pytest.approx(expected["dead"]), name
+        assert data.mean[0, i] == pytest.approx(expected["mean"], rel=1e-5, abs=1e-6), name
+        assert data.std[0, i] == pytest.approx(expected["std"], rel=1e-4), name
+    assert dead["conv1.conv"] == dead["conv1.act"] == 3 / 8 and dead["conv2.act"] == 5 / 16
+
+
+def test_channel_maxima_match_a_plain_reduction_in_every_layout():
+    from convscope.stats.compute import channel_maxima
+
+    torch.manual_seed(0)
+    for shape in [(64, 8, 10, 10), (64, 16, 5, 5), (64, 64, 2, 2), (64, 64, 1, 1), (7, 3, 5, 5), (64, 1, 4, 4),
+                  (64, 10), (63, 10), (5, 40)]:
+        x = torch.randn(shape)
+        expected = x.transpose(0, 1).reshape(shape[1], -1).amax(dim=1)
+        layouts = [x, x.t().contiguous().t()] if x.ndim == 2 else [x, x.contiguous(memory_format=torch.channels_last)]
+        for v in layouts:
+            assert torch.equal(channel_maxima(v), expected), (shape, v.stride())
+    y = torch.randn(6, 4, 8, 8)[:, :, ::2]  # neither layout: strided
+    assert torch.equal(channel_maxima(y), y.transpose(0, 1).reshape(4, -1).amax(dim=1))
+    assert torch.equal(channel_maxima(torch.tensor([-1.0, 2.0])), torch.tensor([2.0]))
+
+
 def test_default_modules_include_activations_and_param_layers():
     model = simple_cnn()
     collector = StatsCollector(model)

@@ -88,3 +88,38 @@ def test_a_guard_that_reads_every_n_steps_names_the_exact_bad_step_and_never_che
         learn.fit(1, 1e-3)
     assert learn.train_iter == 7  # read at the checkpoint after step 7 (before writing it), not later
     assert not (tmp_path / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_a_nonfinite_gradient_with_a_finite_loss_stops_training_before_the_update(mnist_tensors, check_every):
+    # Step 6's conv2 weight gradient gets one Inf after backward; the loss stays finite. Read every step
+    # (the CPU default) the guard must stop at step 6 before the optimizer step, so the weights are those
+    # after step 5, bit for bit; read every 4 steps it must still name step 6 exactly.
+    from convscope.data.batches import DeviceBatches
+    from convscope.train import Learner
+    from convscope.train.guard import NonFiniteGuard
+
+    class InfGradient(Callback):
+        order = 1  # before the guard (5) looks at the gradients
+
+        def after_backward(self):
+            if self.learn.train_iter == 6:
+                self.learn.model.get_submodule("conv2.conv").weight.grad[0, 0, 0, 0] = float("inf")
+
+    class Snapshot(Callback):
+        def after_step(self):
+            self.weights = [p.detach().clone() for p in self.learn.model.parameters()]
+
+    x, y, _, _ = mnist_tensors
+    snap = Snapshot()
+    torch.manual_seed(0)
+    learn = Learner(simple_cnn(), DeviceBatches(x[:2048], y[:2048], 128, shuffle=True, drop_last=True), None,
+                    cbs=[NonFiniteGuard(check_every=check_every), InfGradient(), snap])
+    with pytest.raises(NonFiniteError, match="the gradient became NaN/Inf at step 6 "):
+        learn.fit(1, 1e-3)
+    if check_every == 1:
+        assert torch.isfinite(learn.loss).all()  # it was the gradient alone
+        assert learn.train_iter == 6  # steps 0-5 were taken, step 6 was not
+        assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), snap.weights))
+    else:
+        assert learn.train_iter == 8  # read after step 7 (the flag's first read after the bad step)

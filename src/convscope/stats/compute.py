@@ -7,15 +7,19 @@ Definitions (fastai's ActivationStats, so numbers compare), for an output `o` se
     hist       torch.histc(o, bins, lo, hi)  (values outside [lo, hi] are not counted)
     dead       share of channels (dim 1) whose value is <= 0 for every element of the batch
 
-How it is made fast (the CPU is the hard case; measured on MNIST's first conv, 800k values):
-- torch.histc runs single-threaded and costs ~6 ms; quantising to uint8 bin indices (parallel,
-  element-wise) then torch.bincount gives identical counts in about a quarter of the time. On CUDA,
+How it is made fast (the CPU is the hard case; measured on MNIST's first conv, 64 items of 8x10x10):
+- torch.histc runs single-threaded and costs ~6 ms on 800k values; quantising to uint8 bin indices
+  (element-wise) then torch.bincount gives identical counts in about a quarter of the time. On CUDA,
   bincount would sync with the host to size its output, so histc is used there.
-- std comes from the mean and the L2 norm (two cheap reductions) instead of o.std() (~5x slower):
-  var = (|o|^2 - n mean^2) / (n - 1), evaluated in float64 on the host when the block is read.
+- std comes from the sum and the sum of squares (a sum and a dot product, ~15 us together) instead of
+  o.std() (~5x slower): var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the
+  block is read. Sums also combine over processes by plain addition (reduce.py).
 - With the default range [0, 10] and 40 bins, the indices are 5x finer than the bins, so that the first
   fine bin is [0, 0.05): near_zero then falls out of the same bincount, with no extra pass. (A value
   of exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.)
+- Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
+  (channels_last, 8 channels) runs ~10x slower than over a long one (180 vs 20 us), so `channel_maxima`
+  folds rows together first; see there.
 Nothing here reads a value back to the host: results are written into the caller's device buffers.
 """
 
@@ -24,9 +28,10 @@ from __future__ import annotations
 import torch
 
 NEAR_ZERO = 0.05
-# Columns of the per-step device buffer (float32). The element and channel counts need no device work:
-# the caller keeps them on the host (see buffer.py), and `finish` turns sums and counts into statistics.
-MEAN, NORM, NEAR_ZERO_COUNT, DEAD_COUNT = range(4)
+# Columns of the per-step device buffer (float32): sums and counts only, so that rows of several processes
+# add up (reduce.py). The element and channel counts need no device work: the caller keeps them on the
+# host (see buffer.py), and `finish` turns sums and counts into statistics.
+SUM, SUM_SQ, NEAR_ZERO_COUNT, DEAD_COUNT = range(4)
 N_VALUES = 4
 
 
@@ -54,23 +59,31 @@ def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def dead_channels(x: torch.Tensor, out: torch.Tensor, channel_max: torch.Tensor | None = None) -> int:
-    """Write the number of channels (dim 1) that are <= 0 for every element of the batch; return C.
+def channel_maxima(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's (dim 1) largest value over all other dims: [C] (a 0-d or 1-d x counts as one channel).
 
-    `channel_max`, if given, receives each channel's largest value (what ranks combine, see reduce.py).
+    Reducing [rows, C] over its rows with a short C (8 or 16 channels innermost in memory) is ~10x slower
+    in torch's CPU kernel than with a long inner dim, so `k` consecutive rows are read as one row of k*C
+    values first (a view), and the k maxima per channel are reduced in a second, tiny step.
     """
     if x.ndim < 2:
-        per_channel = x.amax().view(1)
-    elif x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        per_channel = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).amax(dim=0)  # one reduction, no copy
-    elif x.is_contiguous():
-        per_channel = x.view(x.shape[0], x.shape[1], -1).amax(dim=(0, 2))
-    else:
-        per_channel = x.amax(dim=0).reshape(x.shape[1], -1).amax(dim=1)
-    out.copy_(per_channel.le(0).sum())
-    if channel_max is not None:
-        channel_max.copy_(per_channel)
-    return per_channel.numel()
+        return x.amax().view(1)
+    c = x.shape[1]
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return _fold_rows_amax(x.permute(0, 2, 3, 1).reshape(-1, c))  # a view: channels innermost
+    if x.ndim == 2 and x.is_contiguous():
+        return _fold_rows_amax(x)
+    if x.is_contiguous():  # [N, C, spatial...]: batch dim first, then each channel's grid
+        return x.reshape(x.shape[0], -1).amax(dim=0).view(c, -1).amax(dim=1)
+    return x.transpose(0, 1).reshape(c, -1).amax(dim=1)  # any other layout: one copy
+
+
+def _fold_rows_amax(rows: torch.Tensor) -> torch.Tensor:
+    m, c = rows.shape
+    k = 1
+    while k * c < 128 and m % (2 * k) == 0:
+        k *= 2
+    return rows.reshape(m // k, k * c).amax(dim=0).view(k, c).amax(dim=0)
 
 
 def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -> torch.Tensor:
@@ -93,19 +106,20 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
                 bins: int, lo: float, hi: float, fine: int,
                 channel_max: torch.Tensor | None = None) -> tuple[int, int]:
-    """Write the statistics of activation `x` into `values` (one 0-d view per column, indexed by MEAN,
-    NORM, ...: views made once, since indexing costs as much as a small op) and `hist` (int64, `bins`).
+    """Write the statistics of activation `x` into `values` (one 0-d view per column, indexed by SUM,
+    SUM_SQ, ...: views made once, since indexing costs as much as a small op) and `hist` (int64, `bins`).
 
     `fine` is `fine_factor(bins, lo, hi)` (computed once per layer by the caller). Returns the number of
-    elements and of channels, which the caller keeps on the host. `channel_max`: see `dead_channels`.
+    elements and of channels, which the caller keeps on the host. `channel_max`, if given, receives each
+    channel's largest value: what processes combine to count dead channels (reduce.py).
     """
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
     flat = in_memory_order(x)
     flat = x.reshape(-1) if flat is None else flat
-    torch.mean(flat, dim=0, out=values[MEAN])
-    torch.linalg.vector_norm(flat, out=values[NORM])
+    torch.sum(flat, dim=0, out=values[SUM])
+    torch.dot(flat, flat, out=values[SUM_SQ])
     if hist is not None:
         counts = histogram(flat, bins, lo, hi, max(fine, 1))
         torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)
@@ -113,8 +127,11 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
         values[NEAR_ZERO_COUNT].copy_(counts[:2].sum())  # below 0 and [0, 0.05)
     else:
         values[NEAR_ZERO_COUNT].copy_(flat.le(NEAR_ZERO).sum())
-    channels = dead_channels(x, values[DEAD_COUNT], channel_max)
-    return x.numel(), channels
+    per_channel = channel_maxima(x)
+    values[DEAD_COUNT].copy_(per_channel.le(0).sum())
+    if channel_max is not None:
+        channel_max.copy_(per_channel)
+    return x.numel(), per_channel.numel()
 
 
 def finish(values, sizes):
@@ -124,9 +141,9 @@ def finish(values, sizes):
     v = np.asarray(values, dtype=np.float64)
     n = np.asarray(sizes[..., 0], dtype=np.float64)
     channels = np.asarray(sizes[..., 1], dtype=np.float64)
-    mean = v[..., MEAN]
     with np.errstate(invalid="ignore", divide="ignore"):
-        var = (v[..., NORM] ** 2 - n * mean**2) / (n - 1)
+        mean = v[..., SUM] / n
+        var = (v[..., SUM_SQ] - n * mean**2) / (n - 1)
         std = np.sqrt(np.clip(var, 0, None))
         near = v[..., NEAR_ZERO_COUNT] / n
         dead = v[..., DEAD_COUNT] / channels

@@ -2,8 +2,7 @@
 
 Under torch.distributed each rank computes its rows (compute.py) on its own shard of the batch. They are
 combined exactly, from sums and counts, never as averages of averages:
-    mean       sum_r(mean_r * n_r) / sum_r(n_r)
-    L2 norm    sqrt(sum_r(norm_r^2))         (std then follows from mean, norm and n as in one process)
+    sum, sum of squares, element count   summed over ranks (mean and std then follow as in one process)
     near zero  sum of the ranks' counts
     histogram  sum of the ranks' counts
     dead       a channel is dead when its largest value over *all* ranks is <= 0: the per-channel maxima
@@ -20,22 +19,17 @@ import numpy as np
 import torch
 
 from ..dist.context import all_reduce
-from .compute import DEAD_COUNT, MEAN, NORM
+from .compute import DEAD_COUNT
 
 
 def reduce_block(values: torch.Tensor, hist: torch.Tensor, sizes: np.ndarray,
                  channel_max: list[torch.Tensor | None]) -> None:
     """All-reduce the first k rows in place: `values` [k, layers, 4] float32, `hist` [k, layers, bins] int64,
     `sizes` [k, layers, 2] (elements, channels; host), `channel_max[i]` [k, channels of layer i] or None."""
-    k, n_layers = values.shape[:2]
     n = torch.as_tensor(sizes[:, :, 0], dtype=torch.float64, device=values.device)
     sums = values.double()
-    sums[..., MEAN] *= n
-    sums[..., NORM] = sums[..., NORM].square()
     flat = all_reduce(torch.cat([sums.flatten(), n.flatten()]))
     sums, total = flat[: sums.numel()].view_as(sums), flat[sums.numel():].view_as(n)
-    sums[..., MEAN] /= total.clamp_min(1)
-    sums[..., NORM] = sums[..., NORM].sqrt()
     if hist.numel():
         all_reduce(hist)
     present = [(i, m) for i, m in enumerate(channel_max) if m is not None]

@@ -67,6 +67,8 @@ class NonFiniteGuard(Callback):
         # What went bad, as device tensors made once: new_tensor(kind) per step would copy from the host,
         # which on CUDA is a sync per step (seen with torch.cuda.set_sync_debug_mode).
         self._kinds = torch.tensor([0, 1], dtype=torch.long, device=self.learn.device)
+        self._found = torch.zeros(1, device=self.learn.device)  # see _gradients_finite
+        self._one = torch.ones(1, device=self.learn.device)
 
     def _note(self, finite: torch.Tensor, kind: int) -> None:
         if self.every == 1:  # read now, before the optimizer step, so the weights stay finite
@@ -87,7 +89,22 @@ class NonFiniteGuard(Callback):
             return
         grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
         if grads:
-            self._note(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all(), 0)
+            self._note(self._gradients_finite(grads), 0)
+
+    def _gradients_finite(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """A 0-d bool tensor: every gradient is finite.
+
+        The kernel that torch's GradScaler uses for the same question checks all the tensors in one call
+        (28 us for the fast recipe's 20 gradients on this CPU, vs 128 us for per-tensor norms, at every
+        step). It also multiplies each gradient by its scale argument, 1 here: x * 1 is x exactly (NaN
+        stays NaN), so the update is unchanged, bit for bit (tests/test_resume.py).
+        """
+        device = self._found.device
+        if all(g.device == device and not g.is_sparse and g.is_floating_point() for g in grads):
+            self._found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
+            return self._found[0] == 0
+        return torch.isfinite(torch.stack([n.to(device) for n in torch._foreach_norm(grads)])).all()
 
     def after_batch(self) -> None:
         if self.learn.training and self.every > 1 and self.learn.train_iter % self.every == 0:
