@@ -69,6 +69,9 @@ class NonFiniteGuard(Callback):
         self._kinds = torch.tensor([0, 1], dtype=torch.long, device=self.learn.device)
         self._found = torch.zeros(1, device=self.learn.device)  # see _gradients_finite
         self._one = torch.ones(1, device=self.learn.device)
+        # Listed once: walking the module tree for them at every step costs more than the check itself.
+        self._params = list(self.learn.model.parameters())
+        self._fused: bool | None = None  # whether the fused check fits these gradients (decided at step 1)
 
     def _note(self, finite: torch.Tensor, kind: int) -> None:
         if self.every == 1:  # read now, before the optimizer step, so the weights stay finite
@@ -87,7 +90,7 @@ class NonFiniteGuard(Callback):
     def after_backward(self) -> None:
         if not self.check_gradients:
             return
-        grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._params if p.grad is not None]
         if grads:
             self._note(self._gradients_finite(grads), 0)
 
@@ -100,7 +103,9 @@ class NonFiniteGuard(Callback):
         stays NaN), so the update is unchanged, bit for bit (tests/test_resume.py).
         """
         device = self._found.device
-        if all(g.device == device and not g.is_sparse and g.is_floating_point() for g in grads):
+        if self._fused is None:
+            self._fused = all(g.device == device and not g.is_sparse and g.is_floating_point() for g in grads)
+        if self._fused:
             self._found.zero_()
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
             return self._found[0] == 0
