@@ -23,6 +23,7 @@ from .buffer import StatsBuffer
 from .compute import fine_factor, layer_stats
 from .data import ActivationStatsData
 from .hooks import Hooks, select_modules
+from .row_batch import RowBatch
 
 HistRange = tuple[float, float] | str
 
@@ -62,6 +63,16 @@ class StatsCollector:
         self._params = self._layer_params()
         self.slot = -1
         self.hooks: Hooks | None = None
+        self._batch = self._row_batch(device)
+
+    def _row_batch(self, device: torch.device) -> RowBatch | None:
+        """All layers' counts of a row at once (row_batch.py), where that path applies; else None."""
+        if device.type != "cpu" or self.across_ranks or not self.with_hist or not self.ranges:
+            return None
+        if len(set(self.ranges)) != 1 or not self.fine[0]:
+            return None
+        lo, hi = self.ranges[0]
+        return RowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
 
     def _initial_ranges(self, hist_range: HistRange) -> list[tuple[float, float]] | None:
         if hist_range == "adaptive":
@@ -95,7 +106,7 @@ class StatsCollector:
         if self.hooks is not None:
             self.hooks.remove()
             self.hooks = None
-        self.slot = -1
+        self.end_step()
 
     # ----------------------------------------------------------------- per step
     def begin_step(self, step: int, training: bool = True) -> bool:
@@ -114,8 +125,18 @@ class StatsCollector:
         b, slot = self.buffer, self.slot
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
+        if self._batch is not None:
+            b.sizes[slot, i] = self._batch.add(i, output, b.value_views[slot][i])
+            if self._batch.complete():
+                self._finish_row()
+            return
         b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
                                        else None, self.bins, lo, hi, self.fine[i], self._channel_max(slot, i, output))
+
+    def _finish_row(self) -> None:
+        """Count the histograms, near-zero values and dead channels of the layers seen in this row."""
+        if self._batch is not None and self._batch.pending:
+            self._batch.finish(self.buffer.values[self.slot], self.buffer.hist[self.slot])
 
     def _channel_max(self, slot: int, i: int, output: torch.Tensor) -> torch.Tensor | None:
         if not self.across_ranks:
@@ -144,6 +165,8 @@ class StatsCollector:
             self.fine = self._fine_factors()
 
     def after_backward(self) -> None:
+        if self.slot >= 0:
+            self._finish_row()  # a layer that did not run this step left the row open
         if self.slot < 0 or not self.grad_stats or not self._params[0]:
             return
         params = self._params[0]
@@ -186,6 +209,8 @@ class StatsCollector:
         return out.masked_fill_(~self._has_params, float("nan"))
 
     def end_step(self) -> None:
+        if self.slot >= 0:
+            self._finish_row()
         self.slot = -1
 
     # ----------------------------------------------------------------- results

@@ -86,6 +86,15 @@ def _fold_rows_amax(rows: torch.Tensor) -> torch.Tensor:
     return rows.reshape(m // k, k * c).amax(dim=0).view(k, c).amax(dim=0)
 
 
+def bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The bin of each value of `x` among `n` equal bins over [lo, hi]: 0 below lo, 1..n the bins, n+1 above
+    hi; as `dtype`, by default bytes where n + 2 <= 256 (4x less memory traffic for counting), else int32."""
+    scale = n / (hi - lo)
+    # An add and a multiply in place, a clamp so nothing wraps, and a cast (which truncates: >= 0 here).
+    idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
+    return idx.to(dtype or (torch.uint8 if n + 1 < 256 else torch.int32))
+
+
 def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -> torch.Tensor:
     """Counts of `x` in `bins * fine` equal bins over [lo, hi], plus one underflow and one overflow bin.
 
@@ -95,12 +104,7 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     if x.device.type == "cuda":  # no host sync: histc sizes its output from its arguments
         inner = torch.histc(x, n, lo, hi).long()
         return torch.cat([(x < lo).sum().view(1), inner, (x > hi).sum().view(1)])
-    scale = n / (hi - lo)
-    # index 0 = below lo, 1..n = the bins, n+1 = above hi: one fused multiply-add, a clamp so nothing
-    # wraps, and a cast to bytes (4x less memory traffic for the counting pass).
-    idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
-    idx = idx.to(torch.uint8 if n + 1 < 256 else torch.int32)
-    return torch.bincount(idx.reshape(-1), minlength=n + 2)
+    return torch.bincount(bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
 
 
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,

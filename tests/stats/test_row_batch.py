@@ -1,0 +1,108 @@
+"""The all-layers-at-once row (stats/row_batch.py): the same numbers as the per-layer path and as plain
+PyTorch, also when a watched module does not run in a step or runs twice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from convscope.models.cnn import simple_cnn
+from convscope.stats.collector import StatsCollector
+
+from .test_activation_stats import fastai_stats
+
+
+def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, **kwargs):
+    collector = StatsCollector(model, sample=None, **kwargs)
+    if not batched:
+        collector._batch = None  # the per-layer path (compute.layer_stats)
+    collector.attach()
+    collector.begin_step(0)
+    with torch.no_grad():
+        model(x)
+    collector.end_step()
+    collector.detach()
+    return collector
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, channels_last):
+    x = mnist_tensors[0][:256]
+    torch.manual_seed(0)
+    model = simple_cnn(head="linear").train()
+    with torch.no_grad():
+        model.get_submodule("conv2.conv").bias[:4] = -1e3  # some dead channels, to count
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    batched = record_one_batch(model, x)
+    assert batched._batch is not None  # the default settings on the CPU take the batched path
+    per_layer = record_one_batch(model, x, batched=False)
+    a, b = batched.data(), per_layer.data()
+    for name in ("mean", "std", "near_zero", "dead", "hist"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.dead[0, a.layers.index("conv2.act")] == 4 / 16
+
+
+def test_other_ranges_keep_the_per_layer_path():
+    model = simple_cnn()
+    assert StatsCollector(model, hist_range="signed")._batch is None  # no fine bin edge at 0.05
+    assert StatsCollector(model, hist_range="adaptive")._batch is None  # one range per layer
+    assert StatsCollector(model, with_hist=False)._batch is None
+
+
+class SkipsAndRepeats(nn.Module):
+    """conv -> act -> (spare only when use_spare) -> act again: `act` runs twice per forward, `spare` once
+    in a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.spare = nn.Conv2d(8, 8, 3, padding=1)
+        self.use_spare = False
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        if self.use_spare:
+            h = self.spare(h)
+        return self.act(h - 0.5)
+
+
+def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors):
+    x = mnist_tensors[0][:128]
+    torch.manual_seed(0)
+    model = SkipsAndRepeats()
+    collector = StatsCollector(model, sample=None, modules=["conv", "act", "spare"])
+    assert collector._batch is not None and collector.layers == ["conv", "act", "spare"]
+    collector.attach()
+    for step, use_spare in enumerate([True, False]):
+        model.use_spare = use_spare
+        collector.begin_step(step)
+        with torch.no_grad():
+            model(x)
+        collector.end_step()
+    collector.detach()
+    data = collector.data()
+    with torch.no_grad():
+        conv = model.conv(x)
+        first = torch.relu(conv)
+        spare = model.spare(first)
+        second = {True: torch.relu(spare - 0.5), False: torch.relu(first - 0.5)}
+    for row, use_spare in enumerate([True, False]):
+        # `act` ran twice: its row holds its last call, as in the per-layer path.
+        for i, out in enumerate([conv, second[use_spare], spare]):
+            if i == 2 and not use_spare:
+                continue  # `spare` did not run: its row keeps what the buffer held (checked below)
+            expected = fastai_stats(out)
+            assert data.mean[row, i] == pytest.approx(expected["mean"], rel=1e-5, abs=1e-6)
+            assert data.std[row, i] == pytest.approx(expected["std"], rel=1e-4)
+            assert data.near_zero[row, i] == pytest.approx(expected["near_zero"], abs=2 / out.numel())
+            assert data.dead[row, i] == pytest.approx(expected["dead"])
+            assert np.abs(data.hist[row, i] - expected["hist"]).max() <= 2
+    # The per-layer path on the step where `spare` did not run gives the same row for the other layers.
+    model.use_spare = False
+    per_layer = record_one_batch(model, x, batched=False, modules=["conv", "act", "spare"]).data()
+    for name in ("mean", "std", "near_zero", "dead", "hist"):
+        np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
