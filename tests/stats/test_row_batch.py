@@ -14,8 +14,8 @@ from convscope.stats.collector import StatsCollector
 from .test_activation_stats import fastai_stats
 
 
-def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, **kwargs):
-    collector = StatsCollector(model, sample=None, **kwargs)
+def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, sample: int | None = None, **kwargs):
+    collector = StatsCollector(model, sample=sample, **kwargs)
     if not batched:
         collector._batch = None  # the per-layer path (compute.layer_stats)
     collector.attach()
@@ -27,8 +27,9 @@ def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, **
     return collector
 
 
+@pytest.mark.parametrize("sample", [64, None])  # None: conv1's 401k values exceed BATCH_MAX_ELEMENTS, a mixed row
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, channels_last):
+def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, channels_last, sample):
     x = mnist_tensors[0][:256]
     torch.manual_seed(0)
     model = simple_cnn(head="linear").train()
@@ -36,9 +37,9 @@ def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, c
         model.get_submodule("conv2.conv").bias[:4] = -1e3  # some dead channels, to count
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    batched = record_one_batch(model, x)
+    batched = record_one_batch(model, x, sample=sample)
     assert batched._batch is not None  # the default settings on the CPU take the batched path
-    per_layer = record_one_batch(model, x, batched=False)
+    per_layer = record_one_batch(model, x, batched=False, sample=sample)
     a, b = batched.data(), per_layer.data()
     for name in ("mean", "std", "near_zero", "dead", "hist"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)

@@ -35,9 +35,10 @@ class ActivationStats(Callback):
 
     every:      record one training step in `every`.
     sample:     compute each recorded row on the first `sample` items of the batch (None: all of them).
-                The defaults (every=DEFAULT_EVERY, sample=DEFAULT_SAMPLE) keep the cost near 1-3% of a
-                CPU training step; `every=1, sample=None` records exact statistics at every step. The
-                sampling error of the defaults is measured in tests/stats/test_sampling.py.
+                With the defaults (every=DEFAULT_EVERY, sample=DEFAULT_SAMPLE) the book recipe trains at
+                0.96x the samples/s it has without statistics on a 2-core CPU (benchmarks/paired_speed.py);
+                `every=1, sample=None` records exact statistics at every step. The sampling error of the
+                defaults is measured in tests/stats/test_sampling.py.
     with_hist:  also record histograms (`bins` bins over `hist_range`; 'signed' = (-10, 10),
                 'adaptive' = per-layer range fixed from the first recorded batch).
     modules:    None = every leaf module with parameters plus activation modules; or name patterns,

@@ -26,6 +26,9 @@ from .hooks import Hooks, select_modules
 from .row_batch import RowBatch
 
 HistRange = tuple[float, float] | str
+# Outputs larger than this are counted on their own even where rows are batched (row_batch.py): their
+# element work dwarfs the op overhead that batching saves, and batching costs them an extra pass.
+BATCH_MAX_ELEMENTS = 1 << 18
 
 
 def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
@@ -125,7 +128,7 @@ class StatsCollector:
         b, slot = self.buffer, self.slot
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
-        if self._batch is not None:
+        if self._batch is not None and output.numel() <= BATCH_MAX_ELEMENTS:
             b.sizes[slot, i] = self._batch.add(i, output, b.value_views[slot][i])
             if self._batch.complete():
                 self._finish_row()
