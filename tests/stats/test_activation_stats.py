@@ -38,6 +38,20 @@ def fastai_stats(o: torch.Tensor, bins=40, lo=0.0, hi=10.0) -> dict[str, object]
             "hist": torch.histc(o, bins, lo, hi).numpy(), "dead": (channels <= 0).all(dim=1).float().mean().item()}
 
 
+def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, **kwargs) -> StatsCollector:
+    """A StatsCollector's row for one forward pass of `x` (`batched=False`: the per-layer path)."""
+    collector = StatsCollector(model, **kwargs)
+    if not batched:
+        collector._batch = None  # compute.layer_stats for every layer instead of stats/row_batch.py
+    collector.attach()
+    collector.begin_step(0)
+    with torch.no_grad():
+        model(x)
+    collector.end_step()
+    collector.detach()
+    return collector
+
+
 @pytest.fixture(scope="module")
 def batch(mnist_tensors):
     x, y, _, _ = mnist_tensors
@@ -51,14 +65,7 @@ def test_one_batch_matches_plain_pytorch(batch, bn, hist_range):
     model = simple_cnn(bn=bn).train()
     xb, _ = batch
     lo, hi = (-10.0, 10.0) if hist_range == "signed" else hist_range
-    collector = StatsCollector(model, hist_range=hist_range)
-    collector.attach()
-    collector.begin_step(0)
-    with torch.no_grad():
-        model(xb)
-    collector.end_step()
-    collector.detach()
-    data = collector.data()
+    data = record_one_batch(model, xb, hist_range=hist_range).data()
     # BatchNorm in train mode updates running stats: rerun from the same state for the reference.
     torch.manual_seed(0)
     ref_model = simple_cnn(bn=bn).train()
@@ -89,14 +96,7 @@ def test_dead_channels_and_moments_match_plain_pytorch_in_both_memory_layouts(ba
     xb, _ = batch
     if channels_last:
         model, xb = model.to(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)
-    collector = StatsCollector(model, sample=None)
-    collector.attach()
-    collector.begin_step(0)
-    with torch.no_grad():
-        model(xb)
-    collector.end_step()
-    collector.detach()
-    data = collector.data()
+    data = record_one_batch(model, xb, sample=None).data()
     with torch.no_grad():  # train-mode BatchNorm normalises with the batch statistics: same outputs again
         ref = reference_outputs(model, xb)
     dead = {}

@@ -11,20 +11,7 @@ from torch import nn
 from convscope.models.cnn import simple_cnn
 from convscope.stats.collector import StatsCollector
 
-from .test_activation_stats import fastai_stats
-
-
-def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, sample: int | None = None, **kwargs):
-    collector = StatsCollector(model, sample=sample, **kwargs)
-    if not batched:
-        collector._batch = None  # the per-layer path (compute.layer_stats)
-    collector.attach()
-    collector.begin_step(0)
-    with torch.no_grad():
-        model(x)
-    collector.end_step()
-    collector.detach()
-    return collector
+from .test_activation_stats import fastai_stats, record_one_batch
 
 
 @pytest.mark.parametrize("sample", [64, None])  # None: conv1's 401k values exceed BATCH_MAX_ELEMENTS, a mixed row

@@ -107,6 +107,19 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     return torch.bincount(bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
 
 
+def write_sums(x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write x's sum and sum of squares into `values`; return x as float32 (detached) and as a 1-d view
+    in memory order (a copy only for a layout that is neither contiguous nor channels_last)."""
+    x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.float()
+    flat = in_memory_order(x)
+    flat = x.reshape(-1) if flat is None else flat
+    torch.sum(flat, dim=0, out=values[SUM])
+    torch.dot(flat, flat, out=values[SUM_SQ])
+    return x, flat
+
+
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
                 bins: int, lo: float, hi: float, fine: int,
                 channel_max: torch.Tensor | None = None) -> tuple[int, int]:
@@ -117,13 +130,7 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
     elements and of channels, which the caller keeps on the host. `channel_max`, if given, receives each
     channel's largest value: what processes combine to count dead channels (reduce.py).
     """
-    x = x.detach()
-    if x.dtype != torch.float32:
-        x = x.float()
-    flat = in_memory_order(x)
-    flat = x.reshape(-1) if flat is None else flat
-    torch.sum(flat, dim=0, out=values[SUM])
-    torch.dot(flat, flat, out=values[SUM_SQ])
+    x, flat = write_sums(x, values)
     if hist is not None:
         counts = histogram(flat, bins, lo, hi, max(fine, 1))
         torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .compute import DEAD_COUNT, NEAR_ZERO_COUNT, SUM, SUM_SQ, bin_indices, channel_maxima, in_memory_order
+from .compute import DEAD_COUNT, NEAR_ZERO_COUNT, bin_indices, channel_maxima, write_sums
 
 
 class RowBatch:
@@ -39,13 +39,7 @@ class RowBatch:
 
         Returns (elements, channels), as compute.layer_stats does. A layer seen twice in one step (a
         module called twice) keeps its last call, as in the per-layer path."""
-        x = x.detach()
-        if x.dtype != torch.float32:
-            x = x.float()
-        flat = in_memory_order(x)
-        flat = x.reshape(-1) if flat is None else flat
-        torch.sum(flat, dim=0, out=values[SUM])
-        torch.dot(flat, flat, out=values[SUM_SQ])
+        x, flat = write_sums(x, values)
         idx = bin_indices(flat, self.width - 2, self.lo, self.hi, self.index_dtype)
         self.indices[i] = idx.add_(i * self.width)  # layer i's bins come after layer i-1's
         self.maxima[i] = channel_maxima(x)
