@@ -94,3 +94,30 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors):
     per_layer = record_one_batch(model, x, batched=False, modules=["conv", "act", "spare"]).data()
     for name in ("mean", "std", "near_zero", "dead", "hist"):
         np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
+
+
+def test_a_module_called_small_then_large_keeps_its_large_last_call(mnist_tensors):
+    # The first call (2 images) goes into the batched row, the second (400 images: 313,600 values, over
+    # BATCH_MAX_ELEMENTS) is counted on its own; the row must hold the second, as for any repeated call.
+    from convscope.stats.collector import BATCH_MAX_ELEMENTS
+
+    class TwoCalls(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()
+            self.tail = nn.ReLU()  # a second watched layer, so the row is still open after act's calls
+
+        def forward(self, x):
+            self.act(x[:2])
+            out = self.act(x - 0.3)
+            return self.tail(out[:2])
+
+    x = mnist_tensors[0][:400]
+    model = TwoCalls()
+    data = record_one_batch(model, x, sample=None, modules=["act", "tail"]).data()
+    last = torch.relu(x - 0.3)
+    assert last.numel() > BATCH_MAX_ELEMENTS
+    expected = fastai_stats(last)
+    assert data.mean[0, 0] == pytest.approx(expected["mean"], rel=1e-5)
+    assert data.near_zero[0, 0] == pytest.approx(expected["near_zero"], abs=2 / last.numel())
+    assert np.abs(data.hist[0, 0] - expected["hist"]).max() <= 2

@@ -133,6 +133,8 @@ class StatsCollector:
             if self._batch.complete():
                 self._finish_row()
             return
+        if self._batch is not None:
+            self._batch.forget(i)  # a module called twice: this later call is the one kept
         b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
                                        else None, self.bins, lo, hi, self.fine[i], self._channel_max(slot, i, output))
 

@@ -45,6 +45,11 @@ class RowBatch:
         self.maxima[i] = channel_maxima(x)
         return x.numel(), self.maxima[i].numel()
 
+    def forget(self, i: int) -> None:
+        """Drop what layer i left waiting (its later call in this step was counted on its own)."""
+        self.indices.pop(i, None)
+        self.maxima.pop(i, None)
+
     def complete(self) -> bool:
         return len(self.indices) == self.n_layers
 
