@@ -7,8 +7,9 @@ what must be taken while its output is still intact (a later in-place op, e.g. `
 overwrite it): its sum and sum of squares (written into the buffer row), its bin indices and its
 per-channel maxima. When every layer has been seen, one bincount over all layers' indices (each layer's
 bins shifted past the previous layer's) gives every histogram and near-zero count, and one pass over the
-concatenated maxima the dead channels. That is ~11 ops per layer plus ~8 per row, and ~2x quicker in
-training (benchmarks/paired_speed.py).
+concatenated maxima the dead channels. That is ~11 ops per layer plus ~8 per row. Measured in training,
+the hooks' time per recorded step of the book model went from ~6.8 to ~5.2 ms; most of the rest is element
+work (~10 passes over the ~600k values of a row sampled from 64 items), which batching cannot remove.
 
 Used for the common case only: one process on the CPU, histograms on, the same fixed range for every
 layer with a fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
