@@ -17,6 +17,7 @@ from convscope.runs.saver import RunSaver
 from convscope.runs.store import create_run_dir
 from convscope.stats import ActivationStats, has_hooks, watch
 from convscope.stats.collector import StatsCollector
+from convscope.stats.row_batch import DeviceRowBatch
 from convscope.train import Callback, Learner
 
 
@@ -38,11 +39,17 @@ def fastai_stats(o: torch.Tensor, bins=40, lo=0.0, hi=10.0) -> dict[str, object]
             "hist": torch.histc(o, bins, lo, hi).numpy(), "dead": (channels <= 0).all(dim=1).float().mean().item()}
 
 
-def record_one_batch(model: nn.Module, x: torch.Tensor, batched: bool = True, **kwargs) -> StatsCollector:
-    """A StatsCollector's row for one forward pass of `x` (`batched=False`: the per-layer path)."""
+def record_one_batch(model: nn.Module, x: torch.Tensor, rows: str = "auto", **kwargs) -> StatsCollector:
+    """A StatsCollector's row for one forward pass of `x`. rows: "auto" (the path the collector picks
+    for this device), "per_layer" (compute.layer_stats for every layer instead of stats/row_batch.py) or
+    "device" (row_batch.DeviceRowBatch, the GPU's path, here on the CPU)."""
     collector = StatsCollector(model, **kwargs)
-    if not batched:
-        collector._batch = None  # compute.layer_stats for every layer instead of stats/row_batch.py
+    if rows == "per_layer":
+        collector._batch = None
+    elif rows == "device":
+        b = collector._batch
+        assert b is not None, "these settings take the per-layer path on every device"
+        collector._batch = DeviceRowBatch(b.n_layers, b.bins, b.fine, b.lo, b.hi)
     collector.attach()
     collector.begin_step(0)
     with torch.no_grad():

@@ -1,5 +1,6 @@
-"""The all-layers-at-once row (stats/row_batch.py): the same numbers as the per-layer path and as plain
-PyTorch, also when a watched module does not run in a step or runs twice."""
+"""The all-layers-at-once rows (stats/row_batch.py): the same numbers as the per-layer path and as plain
+PyTorch, also when a watched module does not run in a step or runs twice. The GPU's DeviceRowBatch is
+checked here on the CPU (its ops run on both): same counts, and sums to float32 rounding."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from torch import nn
 
 from convscope.models.cnn import simple_cnn
 from convscope.stats.collector import StatsCollector
+from convscope.stats.row_batch import DeviceRowBatch, RowBatch
 
-from .test_activation_stats import fastai_stats, record_one_batch
+from .test_activation_stats import fastai_stats, record_one_batch, reference_outputs
 
 
-@pytest.mark.parametrize("sample", [64, None])  # None: conv1's 401k values exceed BATCH_MAX_ELEMENTS, a mixed row
+@pytest.mark.parametrize("sample", [64, None])  # None: conv1's 401k values exceed RowBatch.max_elements, a mixed row
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, channels_last, sample):
     x = mnist_tensors[0][:256]
@@ -25,12 +27,59 @@ def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, c
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     batched = record_one_batch(model, x, sample=sample)
-    assert batched._batch is not None  # the default settings on the CPU take the batched path
-    per_layer = record_one_batch(model, x, batched=False, sample=sample)
-    a, b = batched.data(), per_layer.data()
+    assert isinstance(batched._batch, RowBatch)  # the default settings on the CPU take the batched path
+    per_layer = record_one_batch(model, x, rows="per_layer", sample=sample)
+    device_rows = record_one_batch(model, x, rows="device", sample=sample)
+    a, b, c = batched.data(), per_layer.data(), device_rows.data()
     for name in ("mean", "std", "near_zero", "dead", "hist"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for name in ("near_zero", "dead", "hist"):  # counts: the same arithmetic, the same bins
+        np.testing.assert_array_equal(getattr(c, name), getattr(b, name), err_msg=name)
+    # Sums, against the same outputs' float64 statistics (the device row adds in float64): within 1e-5
+    # of each layer's rms; a value counted in the wrong layer's segment would be off by far more.
+    outputs = reference_outputs(model, x)  # of the whole batch: BatchNorm normalises over it
+    for j, layer in enumerate(c.layers):
+        out = outputs[layer][: sample or len(x)].double()
+        rms = out.square().mean().sqrt().item()
+        assert abs(c.mean[0, j] - out.mean().item()) <= 1e-5 * rms, layer
+        assert abs(c.std[0, j] - out.std().item()) <= 1e-5 * rms, layer
     assert a.dead[0, a.layers.index("conv2.act")] == 4 / 16
+
+
+class OddLayouts(nn.Module):
+    """Outputs of 3 dims, and a 4-d one that is neither contiguous nor channels_last (a transposed view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, stride=2, padding=1)
+        self.seq = nn.ReLU()  # [N, 6, 196]
+        self.swap = nn.Identity()  # [N, 6, 14, 14] with H and W swapped in memory
+
+    def forward(self, x):
+        h = self.conv(x)
+        self.seq(h.flatten(2) - 0.2)
+        return self.swap(h.transpose(2, 3))
+
+
+def test_the_device_row_reads_channels_in_any_layout(mnist_tensors):
+    x = mnist_tensors[0][:64]
+    torch.manual_seed(0)
+    model = OddLayouts()
+    with torch.no_grad():
+        model.conv.bias[:2] = -1e3  # two dead channels in every output
+    kw = dict(sample=None, modules=["conv", "seq", "swap"])
+    a = record_one_batch(model, x, rows="device", **kw).data()
+    b = record_one_batch(model, x, rows="per_layer", **kw).data()
+    for name in ("near_zero", "dead", "hist"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5)
+    assert a.dead[0].tolist() == [2 / 6] * 3
+
+
+def test_a_gpu_takes_the_device_row():
+    model = simple_cnn()
+    assert StatsCollector(model)._row_batch(torch.device("cuda")).__class__ is DeviceRowBatch
+    assert StatsCollector(model)._row_batch(torch.device("cpu")).__class__ is RowBatch
 
 
 def test_other_ranges_keep_the_per_layer_path():
@@ -58,12 +107,15 @@ class SkipsAndRepeats(nn.Module):
         return self.act(h - 0.5)
 
 
-def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors):
+@pytest.mark.parametrize("kind", [RowBatch, DeviceRowBatch])
+def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
     x = mnist_tensors[0][:128]
     torch.manual_seed(0)
     model = SkipsAndRepeats()
     collector = StatsCollector(model, sample=None, modules=["conv", "act", "spare"])
     assert collector._batch is not None and collector.layers == ["conv", "act", "spare"]
+    b = collector._batch
+    collector._batch = kind(b.n_layers, b.bins, b.fine, b.lo, b.hi)
     collector.attach()
     for step, use_spare in enumerate([True, False]):
         model.use_spare = use_spare
@@ -91,15 +143,17 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors):
             assert np.abs(data.hist[row, i] - expected["hist"]).max() <= 2
     # The per-layer path on the step where `spare` did not run gives the same row for the other layers.
     model.use_spare = False
-    per_layer = record_one_batch(model, x, batched=False, modules=["conv", "act", "spare"]).data()
+    per_layer = record_one_batch(model, x, rows="per_layer", modules=["conv", "act", "spare"]).data()
     for name in ("mean", "std", "near_zero", "dead", "hist"):
-        np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
+        if kind is RowBatch or name not in ("mean", "std"):
+            np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
+        else:
+            np.testing.assert_allclose(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], rtol=1e-5)
 
 
 def test_a_module_called_small_then_large_keeps_its_large_last_call(mnist_tensors):
     # The first call (2 images) goes into the batched row, the second (400 images: 313,600 values, over
-    # BATCH_MAX_ELEMENTS) is counted on its own; the row must hold the second, as for any repeated call.
-    from convscope.stats.collector import BATCH_MAX_ELEMENTS
+    # RowBatch.max_elements) is counted on its own; the row must hold the second, as for any repeated call.
 
     class TwoCalls(nn.Module):
         def __init__(self) -> None:
@@ -116,7 +170,7 @@ def test_a_module_called_small_then_large_keeps_its_large_last_call(mnist_tensor
     model = TwoCalls()
     data = record_one_batch(model, x, sample=None, modules=["act", "tail"]).data()
     last = torch.relu(x - 0.3)
-    assert last.numel() > BATCH_MAX_ELEMENTS
+    assert last.numel() > RowBatch.max_elements
     expected = fastai_stats(last)
     assert data.mean[0, 0] == pytest.approx(expected["mean"], rel=1e-5)
     assert data.near_zero[0, 0] == pytest.approx(expected["near_zero"], abs=2 / last.numel())

@@ -23,12 +23,9 @@ from .buffer import StatsBuffer
 from .compute import fine_factor, layer_stats
 from .data import ActivationStatsData
 from .hooks import Hooks, select_modules
-from .row_batch import RowBatch
+from .row_batch import DeviceRowBatch, RowBatch
 
 HistRange = tuple[float, float] | str
-# Outputs larger than this are counted on their own even where rows are batched (row_batch.py): their
-# element work dwarfs the op overhead that batching saves, and batching costs them an extra pass.
-BATCH_MAX_ELEMENTS = 1 << 18
 
 
 def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
@@ -66,16 +63,19 @@ class StatsCollector:
         self._params = self._layer_params()
         self.slot = -1
         self.hooks: Hooks | None = None
+        self._before: list[torch.Tensor] | None = None  # the weights before the update (grad_stats)
+        self._have_before = False
         self._batch = self._row_batch(device)
 
     def _row_batch(self, device: torch.device) -> RowBatch | None:
         """All layers' counts of a row at once (row_batch.py), where that path applies; else None."""
-        if device.type != "cpu" or self.across_ranks or not self.with_hist or not self.ranges:
+        if self.across_ranks or not self.with_hist or not self.ranges:
             return None
         if len(set(self.ranges)) != 1 or not self.fine[0]:
             return None
         lo, hi = self.ranges[0]
-        return RowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
+        kind = RowBatch if device.type == "cpu" else DeviceRowBatch
+        return kind(len(self.layers), self.bins, self.fine[0], lo, hi)
 
     def _initial_ranges(self, hist_range: HistRange) -> list[tuple[float, float]] | None:
         if hist_range == "adaptive":
@@ -104,6 +104,7 @@ class StatsCollector:
             self._owner = self._params[1].to(device)
             self._has_params = torch.zeros(len(self.layers), dtype=torch.bool, device=device)
             self._has_params[self._owner] = True
+            self._no_params = ~self._has_params
 
     def detach(self) -> None:
         if self.hooks is not None:
@@ -128,7 +129,8 @@ class StatsCollector:
         b, slot = self.buffer, self.slot
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
-        if self._batch is not None and output.numel() <= BATCH_MAX_ELEMENTS:
+        limit = None if self._batch is None else self._batch.max_elements
+        if self._batch is not None and (limit is None or output.numel() <= limit):
             b.sizes[slot, i] = self._batch.add(i, output, b.value_views[slot][i])
             if self._batch.complete():
                 self._finish_row()
@@ -194,24 +196,29 @@ class StatsCollector:
 
     def before_update(self) -> None:
         if self.slot >= 0 and self.grad_stats and self._params[0]:
-            self._before = [p.detach().clone() for p in self._params[0]]
+            params = [p.detach() for p in self._params[0]]
+            if self._before is None or any(b.shape != p.shape for b, p in zip(self._before, params)):
+                self._before = [torch.empty_like(p) for p in params]
+            torch._foreach_copy_(self._before, params)  # one launch on a GPU, not one per parameter
+            self._have_before = True
 
     def after_update(self) -> None:
-        before = getattr(self, "_before", None)
-        if self.slot < 0 or before is None:
+        if self.slot < 0 or not self._have_before:
             return
-        after = [p.detach() for p in self._params[0]]
-        delta = self._per_layer_norm(torch._foreach_norm(torch._foreach_sub(after, before)))
-        weight = self._per_layer_norm(torch._foreach_norm(before))
+        before, after = self._before, [p.detach() for p in self._params[0]]
+        # |w_after - w_before| and |w_before| per tensor, in one list, combined per layer in one pass.
+        norms = torch._foreach_norm([*torch._foreach_sub(after, before), *before])
+        delta, weight = self._per_layer_norm(norms).view(2, -1)
         self.buffer.grads[self.slot, :, 1] = delta / weight
         self._mark_frozen(self.buffer.grads[self.slot, :, 1])
-        self._before = None
+        self._have_before = False
 
     def _per_layer_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
-        """Combine per-tensor L2 norms into per-layer norms (NaN for layers without parameters)."""
-        sq = torch.stack(norms).float().pow(2)
-        out = torch.zeros(len(self.layers), device=sq.device).index_add_(0, self._owner, sq).sqrt()
-        return out.masked_fill_(~self._has_params, float("nan"))
+        """Combine per-tensor L2 norms into per-layer norms (NaN for layers without parameters); `norms`
+        may hold several lists of all parameters one after another: [lists * layers] then."""
+        sq = torch.stack(norms).float().pow(2).view(-1, len(self._params[0]))
+        out = torch.zeros(len(sq), len(self.layers), device=sq.device).index_add_(1, self._owner, sq).sqrt_()
+        return out.masked_fill_(self._no_params, float("nan")).view(-1)
 
     def end_step(self) -> None:
         if self.slot >= 0:

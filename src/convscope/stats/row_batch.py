@@ -4,36 +4,55 @@ The per-layer path (compute.layer_stats) makes about 20 small tensor ops per lay
 each op costs ~10-30 us whatever its size, so for 14 layers the row costs more in op overhead than in
 arithmetic: ~7 ms per recorded step of the book's model, in training. Here each layer's hook keeps only
 what must be taken while its output is still intact (a later in-place op, e.g. `ReLU(inplace=True)`, may
-overwrite it): its sum and sum of squares (written into the buffer row), its bin indices and its
-per-channel maxima. When every layer has been seen, one bincount over all layers' indices (each layer's
-bins shifted past the previous layer's) gives every histogram and near-zero count, and one pass over the
-concatenated maxima the dead channels. That is ~11 ops per layer plus ~8 per row. Measured in training,
-the hooks' time per recorded step of the book model went from ~6.8 to ~5.2 ms; most of the rest is element
-work (~10 passes over the ~600k values of a row sampled from 64 items), which batching cannot remove.
+overwrite it), and the rest is done once per row for all layers:
 
-Used for the common case only: one process on the CPU, histograms on, the same fixed range for every
-layer with a fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
+RowBatch (one process on the CPU): the hook writes the layer's sum and sum of squares into the buffer row
+    and keeps its bin indices and per-channel maxima. When every layer has been seen, one bincount over
+    all layers' indices (each layer's bins shifted past the previous layer's) gives every histogram and
+    near-zero count, and one pass over the concatenated maxima the dead channels. That is ~11 ops per layer
+    plus ~8 per row. Measured in training, the hooks' time per recorded step of the book model went from
+    ~6.8 to ~5.2 ms; most of the rest is element work (~10 passes over the ~600k values of a row sampled
+    from 64 items), which batching cannot remove.
+DeviceRowBatch (one process on a GPU): there the element work is nearly free and each op is a kernel
+    launch that the CPU must issue, so the hook only copies the layer's values (one launch), and the row's
+    end concatenates all layers and computes every sum, histogram and count with ~25 launches in all, none
+    of which reads anything back to the host: segmented sums, and two histc calls (no bincount, whose
+    output size needs a host read on CUDA), one for the values' bins and one counting each channel's
+    positive values (a channel with none is dead). With the gradient statistics that is ~60 launches per
+    recorded row of the book model instead of ~370 (benchmarks/gpu_breakdown.py).
+
+Used for the common case only: one process, histograms on, the same fixed range for every layer with a
+fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from .compute import DEAD_COUNT, NEAR_ZERO_COUNT, bin_indices, channel_maxima, write_sums
+from .compute import DEAD_COUNT, NEAR_ZERO_COUNT, SUM, SUM_SQ, bin_indices, channel_maxima, in_memory_order, write_sums
 
 
 class RowBatch:
+    # Outputs larger than this are counted on their own (the collector's per-layer path): their element
+    # work dwarfs the op overhead that batching saves, and on the CPU batching costs them an extra pass
+    # (sample=None: 19-29 vs 15-16 ms per row of the book model).
+    max_elements: int | None = 1 << 18
+
     def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
         self.n_layers, self.bins, self.fine, self.lo, self.hi = n_layers, bins, fine, lo, hi
         self.width = bins * fine + 2  # a layer's fine bins, with under- and overflow
         self.index_dtype = torch.int16 if n_layers * self.width <= torch.iinfo(torch.int16).max else torch.int32
-        self.indices: dict[int, torch.Tensor] = {}
+        self.parts: dict[int, torch.Tensor] = {}  # what each layer's hook left for the row's end
         self.maxima: dict[int, torch.Tensor] = {}
         self._channel_owner: dict[tuple[int, ...], torch.Tensor] = {}
+        self._rows: dict[tuple[int, ...], torch.Tensor] = {}
 
     @property
     def pending(self) -> bool:
-        return bool(self.indices)
+        return bool(self.parts)
 
     def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
         """Take layer i's output `x`: its sums go into `values` now, the rest waits for `finish`.
@@ -42,41 +61,59 @@ class RowBatch:
         module called twice) keeps its last call, as in the per-layer path."""
         x, flat = write_sums(x, values)
         idx = bin_indices(flat, self.width - 2, self.lo, self.hi, self.index_dtype)
-        self.indices[i] = idx.add_(i * self.width)  # layer i's bins come after layer i-1's
+        self.parts[i] = idx.add_(i * self.width)  # layer i's bins come after layer i-1's
         self.maxima[i] = channel_maxima(x)
         return x.numel(), self.maxima[i].numel()
 
     def forget(self, i: int) -> None:
         """Drop what layer i left waiting (its later call in this step was counted on its own)."""
-        self.indices.pop(i, None)
+        self.parts.pop(i, None)
         self.maxima.pop(i, None)
 
     def complete(self) -> bool:
-        return len(self.indices) == self.n_layers
+        return len(self.parts) == self.n_layers
+
+    def _count(self, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """For the waiting layers: fine-bin counts [len(layers), width], dead channels [len(layers)], and
+        sums [2, len(layers)] where the hooks did not write them (None here)."""
+        counts = torch.bincount(torch.cat([self.parts[i] for i in layers]),
+                                minlength=self.n_layers * self.width).view(self.n_layers, self.width)
+        if len(layers) < self.n_layers:  # some module did not run this step
+            counts = counts.index_select(0, self._row_index(layers, counts.device))
+        maxima = [self.maxima[i] for i in layers]
+        dead = torch.zeros(len(layers), device=counts.device).index_add_(
+            0, self._owner(tuple(m.numel() for m in maxima), counts.device), torch.cat(maxima).le(0).float())
+        return counts, dead, None
 
     def finish(self, values: torch.Tensor, hist: torch.Tensor) -> None:
         """Write the waiting layers' histograms (`hist` [layers, bins] int64), near-zero and dead counts
-        (columns of `values` [layers, 4]) for this row, and forget them."""
-        layers = sorted(self.indices)
-        counts = torch.bincount(torch.cat([self.indices[i] for i in layers]),
-                                minlength=self.n_layers * self.width).view(self.n_layers, self.width)
-        maxima = [self.maxima[i] for i in layers]
-        dead = torch.zeros(len(layers), device=values.device).index_add_(
-            0, self._owner(tuple(m.numel() for m in maxima), values.device), torch.cat(maxima).le(0).float())
-        if len(layers) < self.n_layers:  # some module did not run this step: leave its row alone
-            rows = torch.tensor(layers, device=values.device)
-            counts = counts.index_select(0, rows)
+        (and sums, where the hooks left them) into this row's `values` [layers, 4], and forget them."""
+        layers = sorted(self.parts)
+        counts, dead, sums = self._count(layers)
         coarse = counts[:, 1:-1].reshape(len(layers), self.bins, self.fine).sum(dim=2)
         near = counts[:, :2].sum(dim=1)  # below 0 and [0, 0.05): the first fine bin ends at 0.05
+        new = {NEAR_ZERO_COUNT: near.float(), DEAD_COUNT: dead.float()}
+        if sums is not None:
+            new[SUM], new[SUM_SQ] = sums[0], sums[1]
         if len(layers) == self.n_layers:
             hist.copy_(coarse)
-            values[:, NEAR_ZERO_COUNT].copy_(near)
-            values[:, DEAD_COUNT].copy_(dead)
-        else:
-            hist.index_copy_(0, rows, coarse)
-            values[:, NEAR_ZERO_COUNT].index_copy_(0, rows, near.float())
-            values[:, DEAD_COUNT].index_copy_(0, rows, dead)
-        self.indices, self.maxima = {}, {}
+            if len(new) == values.shape[1]:  # every column at once: one stack and one copy
+                values.copy_(torch.stack([new[c] for c in range(len(new))], dim=1))
+            else:
+                for c, column in new.items():
+                    values[:, c].copy_(column)
+        else:  # leave the rows of modules that did not run this step alone
+            rows = self._row_index(layers, values.device)
+            hist.index_copy_(0, rows, coarse.to(hist.dtype))
+            for c, column in new.items():
+                values[:, c].index_copy_(0, rows, column)
+        self.parts, self.maxima = {}, {}
+
+    def _row_index(self, layers: list[int], device: torch.device) -> torch.Tensor:
+        key = tuple(layers)
+        if key not in self._rows:  # made once per set of layers: a host-to-device copy syncs on a GPU
+            self._rows[key] = torch.tensor(layers, device=device)
+        return self._rows[key]
 
     def _owner(self, channels: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """For each channel of the concatenated maxima, the position of its layer (made once per shape)."""
@@ -84,3 +121,90 @@ class RowBatch:
             self._channel_owner[channels] = torch.repeat_interleave(
                 torch.arange(len(channels), device=device), torch.tensor(channels, device=device))
         return self._channel_owner[channels]
+
+
+class DeviceRowBatch(RowBatch):
+    """The same row for a GPU: few kernel launches, no host read (see the module's docstring)."""
+
+    max_elements = None  # copying a large output costs a GPU little; every layer joins the row
+
+    def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
+        super().__init__(n_layers, bins, fine, lo, hi)
+        # Per layer: (elements, channels, elements per channel block): in memory order the channel of
+        # value j is (j // block) % channels (block 1 when channels are innermost).
+        self.shapes: dict[int, tuple[int, int, int]] = {}
+        self._plans: dict[tuple, RowPlan] = {}
+
+    def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+        x = x.detach()
+        x = x.float() if x.dtype != torch.float32 else x
+        flat = in_memory_order(x)
+        # A copy: the values must outlive an in-place op that may follow (ReLU(inplace=True)).
+        self.parts[i] = x.reshape(-1) if flat is None else flat.clone()
+        channels = x.shape[1] if x.ndim >= 2 else 1
+        if x.ndim < 2 or (x.ndim == 2 and flat is not None):
+            block = 1
+        elif x.ndim == 4 and flat is not None and not x.is_contiguous():
+            block = 1  # channels_last: channels innermost
+        else:
+            block = math.prod(x.shape[2:])  # [N, C, ...] in logical order (contiguous, or copied by reshape)
+        self.shapes[i] = (x.numel(), channels, block)
+        return x.numel(), channels
+
+    def forget(self, i: int) -> None:
+        super().forget(i)
+        self.shapes.pop(i, None)
+
+    def _count(self, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        flat = torch.cat([self.parts[i] for i in layers])
+        plan = self._plan(layers, flat.device)
+        # Sums in float64: how a segmented sum adds up its values differs by device (one at a time on a
+        # CPU), and float64 keeps it exact enough for the variance (sum of squares - n mean^2) either way.
+        wide = flat.double()
+        sums = torch.stack([torch.segment_reduce(wide, "sum", offsets=plan.offsets, unsafe=True),
+                            torch.segment_reduce(wide.square_(), "sum", offsets=plan.offsets, unsafe=True)]).float()
+        # Dead channels: count each channel's positive values in one histogram (a position past the last
+        # bin is not counted), then the channels without any, per layer.
+        c = plan.n_channels
+        positive = torch.histc(torch.where(flat > 0, plan.channel_pos, -1.0), c, 0, c)
+        dead = torch.segment_reduce(positive.eq(0).float(), "sum", offsets=plan.channel_offsets, unsafe=True)
+        # Value bins: compute.bin_indices' arithmetic, in place on the row's own copy, each layer's bins moved
+        # past the previous layer's; bin_start's +0.5 puts every value in the middle of its unit-wide bin,
+        # so histc's rounding cannot move it.
+        n = self.width - 2
+        scale = n / (self.hi - self.lo)
+        idx = flat.add_(1.0 / scale - self.lo).mul_(scale).clamp_(0, n + 1).floor_().add_(plan.bin_start)
+        total = len(layers) * self.width
+        counts = torch.histc(idx, total, 0, total).view(len(layers), self.width)
+        self.shapes = {}
+        return counts, dead, sums
+
+    def _plan(self, layers: list[int], device: torch.device) -> RowPlan:
+        shapes = tuple(self.shapes[i] for i in layers)
+        key = (tuple(layers), shapes)
+        if key not in self._plans:  # once per set of layer shapes: these host-to-device copies sync on a GPU
+            bin_start, channel_pos, first = [], [], 0
+            for j, (n, c, block) in enumerate(shapes):
+                local = torch.arange(n, device=device).div(block, rounding_mode="floor").remainder(c)
+                channel_pos.append(local.float() + (first + 0.5))
+                bin_start.append(torch.full((n,), j * self.width + 0.5, device=device))
+                first += c
+            self._plans[key] = RowPlan(
+                offsets=torch.tensor([0] + [n for n, _, _ in shapes], device=device).cumsum(0),
+                bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos),
+                channel_offsets=torch.tensor([0] + [c for _, c, _ in shapes], device=device).cumsum(0),
+                n_channels=first)
+        return self._plans[key]
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Index tensors for one set of layer shapes (DeviceRowBatch): where each layer's values start in the
+    concatenated row, each value's first bin (+0.5), each value's channel (+0.5, numbered across the
+    layers), and where each layer's channels start."""
+
+    offsets: torch.Tensor
+    bin_start: torch.Tensor
+    channel_pos: torch.Tensor
+    channel_offsets: torch.Tensor
+    n_channels: int

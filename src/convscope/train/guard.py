@@ -1,14 +1,18 @@
 """NonFiniteGuard: stop at the first NaN/Inf loss or gradient, naming the step and the first layer.
 
 On a CPU the check reads one boolean per step (free). On a GPU that read would be a host sync per step,
-so by default the guard keeps a device-side flag and the first bad step, and reads them every
-`check_every` steps (16 on CUDA), at every epoch end and before every checkpoint, so no checkpoint ever
-holds non-finite weights; the report names the first bad step exactly.
+so by default the guard keeps, on the device, each step's loss and a flag for its gradients in a window of
+`check_every` steps (16 on CUDA), and reads the window when it is full, at every epoch end and before
+every checkpoint, so no checkpoint ever holds non-finite weights; the report names the first bad step
+exactly. A step then costs two kernel launches: copying the loss into the window and one check of all
+gradients, writing into the step's flag.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -60,72 +64,83 @@ class NonFiniteGuard(Callback):
             self.every = 16 if self.learn.device.type == "cuda" else 1
         else:
             self.every = self.check_every
-        # Device-side record since the last read (used when every > 1):
-        # [first bad step or -1, 1 if the loss (else the gradient)].
-        self._first = torch.full((2,), -1, dtype=torch.long, device=self.learn.device)
-        self._step = torch.zeros((), dtype=torch.long, device=self.learn.device)
-        # What went bad, as device tensors made once: new_tensor(kind) per step would copy from the host,
-        # which on CUDA is a sync per step (seen with torch.cuda.set_sync_debug_mode).
-        self._kinds = torch.tensor([0, 1], dtype=torch.long, device=self.learn.device)
-        self._found = torch.zeros(1, device=self.learn.device)  # see _gradients_finite
-        self._one = torch.ones(1, device=self.learn.device)
+        device = self.learn.device
+        # The window read every `every` steps: row 0 the steps' losses, row 1 their gradient flags (> 0: a
+        # NaN/Inf); the steps themselves are kept on the host. Views of each slot are made once, since
+        # indexing at every step costs as much as the check.
+        self._window = torch.zeros(2, self.every, device=device)
+        self._slots = [(self._window[0, k], self._window[1, k : k + 1]) for k in range(self.every)]
+        self._steps: list[int] = []
+        self._found = torch.zeros(1, device=device)  # every == 1: the gradient flag, read at once
+        self._one = torch.ones(1, device=device)
         # Listed once: walking the module tree for them at every step costs more than the check itself.
         self._params = list(self.learn.model.parameters())
         self._fused: bool | None = None  # whether the fused check fits these gradients (decided at step 1)
 
-    def _note(self, finite: torch.Tensor, kind: int) -> None:
-        if self.every == 1:  # read now, before the optimizer step, so the weights stay finite
-            if not finite.item():
-                value = f"{self.learn.loss.item()}" if kind == 1 else "NaN/Inf"
-                self._stop("loss" if kind == 1 else "gradient", value, self.learn.train_iter)
-            return
-        self._step.fill_(self.learn.train_iter)
-        fresh = (~finite) & (self._first[0] < 0)
-        self._first.copy_(torch.where(fresh, torch.stack([self._step, self._kinds[kind]]), self._first))
-
     def after_loss(self) -> None:
-        if self.learn.training:
-            self._note(torch.isfinite(self.learn.loss.detach()), 1)
+        if not self.learn.training:
+            return
+        loss = self.learn.loss.detach()
+        if self.every == 1:  # read now, before backward and the optimizer step, so the weights stay finite
+            if not torch.isfinite(loss).all().item():
+                self._stop("loss", f"{loss.item()}", self.learn.train_iter)
+            return
+        if len(self._steps) == self.every:  # a read was missed (no after_batch): never overwrite a slot
+            self.check_now()
+        self._slots[len(self._steps)][0].copy_(loss.reshape(()))
+        self._steps.append(self.learn.train_iter)
 
     def after_backward(self) -> None:
         if not self.check_gradients:
             return
         grads = [p.grad for p in self._params if p.grad is not None]
-        if grads:
-            self._note(self._gradients_finite(grads), 0)
+        if not grads:
+            return
+        if self.every == 1:
+            self._found.zero_()
+            self._flag_gradients(grads, self._found)
+            if self._found.item():
+                self._stop("gradient", "NaN/Inf", self.learn.train_iter)
+        elif self._steps:
+            self._flag_gradients(grads, self._slots[len(self._steps) - 1][1])
 
-    def _gradients_finite(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """A 0-d bool tensor: every gradient is finite.
+    def _flag_gradients(self, grads: list[torch.Tensor], flag: torch.Tensor) -> None:
+        """Set `flag` (1 value, zero beforehand) above 0 if any gradient holds a NaN or Inf.
 
         The kernel that torch's GradScaler uses for the same question checks all the tensors in one call
         (28 us for the fast recipe's 20 gradients on this CPU, vs 128 us for per-tensor norms, at every
         step). It also multiplies each gradient by its scale argument, 1 here: x * 1 is x exactly (NaN
         stays NaN), so the update is unchanged, bit for bit (tests/test_resume.py).
         """
-        device = self._found.device
+        device = flag.device
         if self._fused is None:
             self._fused = all(g.device == device and not g.is_sparse and g.is_floating_point() for g in grads)
         if self._fused:
-            self._found.zero_()
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
-            return self._found[0] == 0
-        return torch.isfinite(torch.stack([n.to(device) for n in torch._foreach_norm(grads)])).all()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, self._one)
+        else:
+            norms = torch.stack([n.to(device) for n in torch._foreach_norm(grads)])
+            flag.copy_((~torch.isfinite(norms).all()).float().view(1))
 
     def after_batch(self) -> None:
-        if self.learn.training and self.every > 1 and self.learn.train_iter % self.every == 0:
+        if self.learn.training and self.every > 1 and len(self._steps) == self.every:
             self.check_now()
 
     def after_train(self) -> None:
         self.check_now()
 
     def check_now(self) -> None:
-        """Read the device-side record (one host read); raise NonFiniteError if a step went bad."""
-        first = getattr(self, "_first", None)
-        if first is None or self.every == 1:  # checking every step: nothing was left to read
+        """Read the window's losses and flags (one host read); raise NonFiniteError if a step went bad."""
+        steps = getattr(self, "_steps", None)
+        if not steps:  # nothing waiting (or checking every step, which reads at once)
             return
-        step, kind = first.tolist()
-        if step >= 0:
-            self._stop("loss" if kind == 1 else "gradient", "NaN/Inf", step)
+        losses, flags = self._window[:, : len(steps)].tolist()
+        self._window[1].zero_()
+        self._steps = []
+        for step, loss, flag in zip(steps, losses, flags):
+            if not math.isfinite(loss):
+                self._stop("loss", "NaN/Inf", step)
+            if flag:
+                self._stop("gradient", "NaN/Inf", step)
 
     def _stop(self, what: str, value: str, step: int) -> None:
         from ..diagnose.findings import Finding
