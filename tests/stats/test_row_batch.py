@@ -82,6 +82,33 @@ def test_a_gpu_takes_the_device_row():
     assert StatsCollector(model)._row_batch(torch.device("cpu")).__class__ is RowBatch
 
 
+@pytest.mark.parametrize("sample", [64, None])  # None: conv1's block is counted per layer, the rest batched
+@pytest.mark.parametrize("rows", ["auto", "device"])
+def test_later_rows_equal_the_per_layer_path_too(mnist_tensors, rows, sample):
+    # From its second row on, RowBatch's hooks write their bin indices into the buffer laid out by the
+    # first row; three rows of different batches must still give exactly the per-layer path's numbers.
+    x = mnist_tensors[0]
+    torch.manual_seed(0)
+    model = simple_cnn(head="linear").train()
+
+    def three_rows(rows: str):
+        collector = record_one_batch(model, x[:256], rows=rows, sample=sample)  # row 0 (and detached)
+        collector.attach()
+        for step, start in [(1, 256), (2, 512)]:
+            collector.begin_step(step)
+            with torch.no_grad():
+                model(x[start : start + 256])
+            collector.end_step()
+        collector.detach()
+        return collector.data()
+
+    a, b = three_rows(rows), three_rows("per_layer")
+    assert len(a.steps) == 3
+    for name in ("near_zero", "dead", "hist") if rows == "device" else ("mean", "std", "near_zero", "dead", "hist"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert not np.array_equal(a.hist[1], a.hist[2])  # the rows did see different batches
+
+
 def test_other_ranges_keep_the_per_layer_path():
     model = simple_cnn()
     assert StatsCollector(model, hist_range="signed")._batch is None  # no fine bin edge at 0.05

@@ -86,13 +86,20 @@ def _fold_rows_amax(rows: torch.Tensor) -> torch.Tensor:
     return rows.reshape(m // k, k * c).amax(dim=0).view(k, c).amax(dim=0)
 
 
-def bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The bin of each value of `x` among `n` equal bins over [lo, hi]: 0 below lo, 1..n the bins, n+1 above
-    hi; as `dtype`, by default bytes where n + 2 <= 256 (4x less memory traffic for counting), else int32."""
+def bin_positions(x: torch.Tensor, n: int, lo: float, hi: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each value's bin among `n` equal bins over [lo, hi], as a float whose integer part is the bin: 0
+    below lo, 1..n the bins, n+1 above hi. Two passes: `shift + scale * x` (one op: torch.add's alpha
+    scales its second argument) and a clamp, so that nothing wraps when cast. The one place this arithmetic
+    lives, so that every path (per layer, batched rows, the GPU's row) puts a value in the same bin."""
     scale = n / (hi - lo)
-    # An add and a multiply in place, a clamp so nothing wraps, and a cast (which truncates: >= 0 here).
-    idx = torch.add(x, 1.0 / scale - lo).mul_(scale).clamp_(0, n + 1)
-    return idx.to(dtype or (torch.uint8 if n + 1 < 256 else torch.int32))
+    shift = torch.tensor(1.0 - lo * scale, dtype=x.dtype)  # 0-d: allowed beside a tensor on any device
+    return torch.add(shift, x, alpha=scale, out=out).clamp_(0, n + 1)
+
+
+def bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`bin_positions` as integers, by default bytes where n + 2 <= 256 (4x less memory traffic for
+    counting), else int32. (The cast truncates, which is the floor here: positions are >= 0.)"""
+    return bin_positions(x, n, lo, hi).to(dtype or (torch.uint8 if n + 1 < 256 else torch.int32))
 
 
 def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -> torch.Tensor:

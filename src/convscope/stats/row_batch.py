@@ -32,7 +32,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .compute import DEAD_COUNT, NEAR_ZERO_COUNT, SUM, SUM_SQ, bin_indices, channel_maxima, in_memory_order, write_sums
+from .compute import (
+    DEAD_COUNT,
+    NEAR_ZERO_COUNT,
+    SUM,
+    SUM_SQ,
+    bin_positions,
+    channel_maxima,
+    in_memory_order,
+    write_sums,
+)
 
 
 class RowBatch:
@@ -49,6 +58,11 @@ class RowBatch:
         self.maxima: dict[int, torch.Tensor] = {}
         self._channel_owner: dict[tuple[int, ...], torch.Tensor] = {}
         self._rows: dict[tuple[int, ...], torch.Tensor] = {}
+        # The last row's layout: each layer's slice of one index buffer, so that the next row's hooks write
+        # their indices where bincount reads them (no cast to a temporary, no concatenation).
+        self._layout: dict[int, tuple[int, int]] = {}  # layer -> (start, length)
+        self._row: torch.Tensor | None = None
+        self._in_row: set[int] = set()  # layers whose current indices are in self._row
 
     @property
     def pending(self) -> bool:
@@ -60,7 +74,15 @@ class RowBatch:
         Returns (elements, channels), as compute.layer_stats does. A layer seen twice in one step (a
         module called twice) keeps its last call, as in the per-layer path."""
         x, flat = write_sums(x, values)
-        idx = bin_indices(flat, self.width - 2, self.lo, self.hi, self.index_dtype)
+        positions = bin_positions(flat, self.width - 2, self.lo, self.hi)
+        start, length = self._layout.get(i, (0, -1))
+        if length == flat.numel():  # the cast writes into the row's buffer
+            idx = self._row[start : start + length]
+            idx.copy_(positions)
+            self._in_row.add(i)
+        else:
+            idx = positions.to(self.index_dtype)
+            self._in_row.discard(i)
         self.parts[i] = idx.add_(i * self.width)  # layer i's bins come after layer i-1's
         self.maxima[i] = channel_maxima(x)
         return x.numel(), self.maxima[i].numel()
@@ -69,6 +91,7 @@ class RowBatch:
         """Drop what layer i left waiting (its later call in this step was counted on its own)."""
         self.parts.pop(i, None)
         self.maxima.pop(i, None)
+        self._in_row.discard(i)
 
     def complete(self) -> bool:
         return len(self.parts) == self.n_layers
@@ -76,8 +99,16 @@ class RowBatch:
     def _count(self, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """For the waiting layers: fine-bin counts [len(layers), width], dead channels [len(layers)], and
         sums [2, len(layers)] where the hooks did not write them (None here)."""
-        counts = torch.bincount(torch.cat([self.parts[i] for i in layers]),
-                                minlength=self.n_layers * self.width).view(self.n_layers, self.width)
+        if self._in_row == set(layers) == set(self._layout):  # all wrote into the buffer: count it as it is
+            indices = self._row
+        else:
+            indices = torch.cat([self.parts[i] for i in layers])
+            # Lay the buffer out for the next rows (rows of one run have the same layers and sizes).
+            starts = torch.tensor([0] + [self.parts[i].numel() for i in layers]).cumsum(0).tolist()
+            self._layout = {i: (starts[j], self.parts[i].numel()) for j, i in enumerate(layers)}
+            self._row = torch.empty(starts[-1], dtype=self.index_dtype, device=indices.device)
+        self._in_row = set()
+        counts = torch.bincount(indices, minlength=self.n_layers * self.width).view(self.n_layers, self.width)
         if len(layers) < self.n_layers:  # some module did not run this step
             counts = counts.index_select(0, self._row_index(layers, counts.device))
         maxima = [self.maxima[i] for i in layers]
@@ -168,12 +199,10 @@ class DeviceRowBatch(RowBatch):
         c = plan.n_channels
         positive = torch.histc(torch.where(flat > 0, plan.channel_pos, -1.0), c, 0, c)
         dead = torch.segment_reduce(positive.eq(0).float(), "sum", offsets=plan.channel_offsets, unsafe=True)
-        # Value bins: compute.bin_indices' arithmetic, in place on the row's own copy, each layer's bins moved
-        # past the previous layer's; bin_start's +0.5 puts every value in the middle of its unit-wide bin,
-        # so histc's rounding cannot move it.
-        n = self.width - 2
-        scale = n / (self.hi - self.lo)
-        idx = flat.add_(1.0 / scale - self.lo).mul_(scale).clamp_(0, n + 1).floor_().add_(plan.bin_start)
+        # Value bins: compute.bin_positions' arithmetic, in place on the row's own copy, each layer's bins
+        # moved past the previous layer's; bin_start's +0.5 puts every value in the middle of its unit-wide
+        # bin, so histc's rounding cannot move it.
+        idx = bin_positions(flat, self.width - 2, self.lo, self.hi, out=flat).floor_().add_(plan.bin_start)
         total = len(layers) * self.width
         counts = torch.histc(idx, total, 0, total).view(len(layers), self.width)
         self.shapes = {}
