@@ -76,10 +76,11 @@ def test_the_device_row_reads_channels_in_any_layout(mnist_tensors):
     assert a.dead[0].tolist() == [2 / 6] * 3
 
 
-def test_a_gpu_takes_the_device_row():
+def test_each_device_takes_its_row():
     model = simple_cnn()
     assert StatsCollector(model)._row_batch(torch.device("cuda")).__class__ is DeviceRowBatch
     assert StatsCollector(model)._row_batch(torch.device("cpu")).__class__ is RowBatch
+    assert StatsCollector(model)._row_batch(torch.device("mps")) is None  # per layer where untried
 
 
 @pytest.mark.parametrize("sample", [64, None])  # None: conv1's block is counted per layer, the rest batched

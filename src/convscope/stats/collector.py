@@ -74,8 +74,11 @@ class StatsCollector:
         if len(set(self.ranges)) != 1 or not self.fine[0]:
             return None
         lo, hi = self.ranges[0]
-        kind = RowBatch if device.type == "cpu" else DeviceRowBatch
-        return kind(len(self.layers), self.bins, self.fine[0], lo, hi)
+        if device.type == "cpu":
+            return RowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
+        if device.type == "cuda":  # segmented sums and histc: other accelerators may lack them
+            return DeviceRowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
+        return None
 
     def _initial_ranges(self, hist_range: HistRange) -> list[tuple[float, float]] | None:
         if hist_range == "adaptive":
