@@ -81,21 +81,12 @@ def bare_ms(dev: torch.device, steps: int, profile: bool = False) -> tuple[float
 
 def count_kernels(dev: torch.device, step, n: int = 16, table: Path | None = None) -> float:
     """Kernels launched per step over n steps (CPU ops per step where there is no GPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for i in range(n):
-            step(i)
-        sync(dev)
-    events = prof.events()
-    if dev.type == "cuda":
-        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    else:
-        kernels = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
-    if table is not None:
-        table.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=60))
-    return kernels / n
+    prof = _start_profile(dev)
+    for i in range(n):
+        step(i)
+    sync(dev)
+    prof.__exit__(None, None, None)
+    return _kernels(dev, prof, n, table)
 
 
 def learner_ms(dev: torch.device, steps: int, parts: str, profile: bool = False,
