@@ -132,8 +132,7 @@ class StatsCollector:
         b, slot = self.buffer, self.slot
         if self.sample is not None and output.ndim > 0:
             output = output[: self.sample]  # a view: the first items of the batch (batches are shuffled)
-        limit = None if self._batch is None else self._batch.max_elements
-        if self._batch is not None and (limit is None or output.numel() <= limit):
+        if self._batch is not None and self._batch.takes(output):
             b.sizes[slot, i] = self._batch.add(i, output, b.value_views[slot][i])
             if self._batch.complete():
                 self._finish_row()

@@ -46,6 +46,12 @@ def fine_factor(bins: int, lo: float, hi: float) -> int:
     return 0
 
 
+def channels_innermost(x: torch.Tensor) -> bool:
+    """Whether x is a channels_last [N, C, H, W] tensor whose channels are innermost in memory (and not
+    also contiguous, as it is when H = W = 1)."""
+    return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     """x's elements as a 1-d view in memory order, when x is dense (contiguous or channels_last), else None.
 
@@ -54,7 +60,7 @@ def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     dim is outermost in memory in both layouts)."""
     if x.is_contiguous():
         return x.view(-1)
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    if channels_innermost(x):
         return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this permutation is x's memory order
     return None
 
@@ -69,7 +75,7 @@ def channel_maxima(x: torch.Tensor) -> torch.Tensor:
     if x.ndim < 2:
         return x.amax().view(1)
     c = x.shape[1]
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if channels_innermost(x):
         return _fold_rows_amax(x.permute(0, 2, 3, 1).reshape(-1, c))  # a view: channels innermost
     if x.ndim == 2 and x.is_contiguous():
         return _fold_rows_amax(x)
@@ -114,14 +120,19 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     return torch.bincount(bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
 
 
-def write_sums(x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write x's sum and sum of squares into `values`; return x as float32 (detached) and as a 1-d view
-    in memory order (a copy only for a layout that is neither contiguous nor channels_last)."""
+def float_values(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x detached as float32, and its values as a 1-d tensor in memory order: a view where x is dense
+    (contiguous or channels_last), else a copy in logical order."""
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
     flat = in_memory_order(x)
-    flat = x.reshape(-1) if flat is None else flat
+    return x, (x.reshape(-1) if flat is None else flat)
+
+
+def write_sums(x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write x's sum and sum of squares into `values`; return `float_values(x)`."""
+    x, flat = float_values(x)
     torch.sum(flat, dim=0, out=values[SUM])
     torch.dot(flat, flat, out=values[SUM_SQ])
     return x, flat

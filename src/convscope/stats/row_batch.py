@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 
@@ -39,7 +40,8 @@ from .compute import (
     SUM_SQ,
     bin_positions,
     channel_maxima,
-    in_memory_order,
+    channels_innermost,
+    float_values,
     write_sums,
 )
 
@@ -67,6 +69,10 @@ class RowBatch:
     @property
     def pending(self) -> bool:
         return bool(self.parts)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """Whether output `x` joins the row (else the collector counts it on its own)."""
+        return self.max_elements is None or x.numel() <= self.max_elements
 
     def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
         """Take layer i's output `x`: its sums go into `values` now, the rest waits for `finish`.
@@ -104,7 +110,7 @@ class RowBatch:
         else:
             indices = torch.cat([self.parts[i] for i in layers])
             # Lay the buffer out for the next rows (rows of one run have the same layers and sizes).
-            starts = torch.tensor([0] + [self.parts[i].numel() for i in layers]).cumsum(0).tolist()
+            starts = list(accumulate((self.parts[i].numel() for i in layers), initial=0))
             self._layout = {i: (starts[j], self.parts[i].numel()) for j, i in enumerate(layers)}
             self._row = torch.empty(starts[-1], dtype=self.index_dtype, device=indices.device)
         self._in_row = set()
@@ -167,18 +173,12 @@ class DeviceRowBatch(RowBatch):
         self._plans: dict[tuple, RowPlan] = {}
 
     def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
-        x = x.detach()
-        x = x.float() if x.dtype != torch.float32 else x
-        flat = in_memory_order(x)
+        x, flat = float_values(x)
         # A copy: the values must outlive an in-place op that may follow (ReLU(inplace=True)).
-        self.parts[i] = x.reshape(-1) if flat is None else flat.clone()
+        self.parts[i] = flat.clone()
         channels = x.shape[1] if x.ndim >= 2 else 1
-        if x.ndim < 2 or (x.ndim == 2 and flat is not None):
-            block = 1
-        elif x.ndim == 4 and flat is not None and not x.is_contiguous():
-            block = 1  # channels_last: channels innermost
-        else:
-            block = math.prod(x.shape[2:])  # [N, C, ...] in logical order (contiguous, or copied by reshape)
+        # In `flat`'s order, channels are innermost for channels_last, else blocks of each item's grid.
+        block = 1 if channels_innermost(x) else math.prod(x.shape[2:])
         self.shapes[i] = (x.numel(), channels, block)
         return x.numel(), channels
 
