@@ -33,10 +33,10 @@ def worker(steps: int) -> None:
     from convscope.data.batches import DeviceBatches, normalize_images
     from convscope.data.sources import load_dataset
     from convscope.dist.context import current, init_from_env, shutdown
-    from convscope.dist.ddp import DistributedTrainer
     from convscope.models.cnn import simple_cnn
     from convscope.stats.activations import ActivationStats
     from convscope.train import Callback, CancelFitException, Learner
+    from convscope.train.ddp import DistributedTrainer
 
     info, device = init_from_env(torch.device("cpu"))
     data = load_dataset("mnist")

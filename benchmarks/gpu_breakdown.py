@@ -15,7 +15,7 @@ synchronised at both ends of the timed window) and kernels launched per step (to
     +stats every=1   every step recorded: the cost of one recorded row, undiluted
     +stats no grad   ActivationStats(grad_stats=False)
 
-Then the epoch-end costs of `convscope.experiment.train` (validation, the checkpoint and statistics
+Then the epoch-end costs of `convscope.experiments.run_training` (validation, the checkpoint and statistics
 written at the end of every epoch), from a 2-epoch book run. `--out` writes the profiler's op table of
 the `+stats every=1` set-up there. Last line: `gpu_breakdown bare_ms=<ms> learner_ms=<ms> guard_ms=<ms>
 stats_ms=<ms> stats_every1_ms=<ms> kernels_bare=<n> kernels_stats=<n>` (on one line).
@@ -155,9 +155,9 @@ def _kernels(dev: torch.device, prof, n: int, table: Path | None) -> float:
 
 
 def epoch_end_costs(dev: torch.device) -> None:
-    """Seconds of each epoch's training steps, validation and the rest of its end, in train()'s path."""
+    """Seconds of each epoch's training steps, validation and the rest of its end, in run_training()'s path."""
     from convscope.config import TrainConfig
-    from convscope.experiment import train
+    from convscope.experiments import run_training
     from convscope.train import Callback
 
     marks: list[tuple[str, float]] = []
@@ -183,10 +183,10 @@ def epoch_end_costs(dev: torch.device) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        train(TrainConfig(epochs=2, lr=0.1, device=str(dev), out=out, name="r"), cbs=[Marks()])
+        run_training(TrainConfig(epochs=2, lr=0.1, device=str(dev), out=out, name="r"), cbs=[Marks()])
         total = time.perf_counter() - start
     parts = [f"{a} {1e3 * (tb - ta):.0f} ms" for (a, ta), (_, tb) in zip(marks, marks[1:]) if a != "done"]
-    print(f"train() book, 2 epochs: {'; '.join(parts)}; whole call incl. data and report {total:.1f} s")
+    print(f"run_training() book, 2 epochs: {'; '.join(parts)}; whole call incl. data and report {total:.1f} s")
 
 
 def main() -> None:

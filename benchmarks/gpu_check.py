@@ -62,11 +62,11 @@ def count_syncs(steps: int) -> float:
 
 
 def seconds_to_99(recipe: str, sync_window: tuple[int, int] = (150, 200)) -> float:
-    """Seconds to 99.0% through `convscope.experiment.train` (run folder written, statistics on), and the
+    """Seconds to 99.0% through `convscope.experiments.run_training` (run folder written, statistics on), and the
     host syncs inside steps [a, b) of epoch 2 (no epoch end there; for the fast recipe conv1 is frozen)."""
     from convscope.config import TrainConfig
-    from convscope.experiment import train
-    from convscope.recipes import recipe_settings
+    from convscope.experiments import run_training
+    from convscope.experiments.recipes import recipe_settings
     from convscope.stats.activations import ActivationStats
     from convscope.train import Callback
 
@@ -96,7 +96,7 @@ def seconds_to_99(recipe: str, sync_window: tuple[int, int] = (150, 200)) -> flo
     clock = Clock()
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train(TrainConfig(**settings, device="cuda", out=out, name="r"),
+        result = run_training(TrainConfig(**settings, device="cuda", out=out, name="r"),
                        cbs=[clock, Syncs(), ActivationStats()], stats=False)
     where = collections.Counter(f"{w.filename.split('site-packages/')[-1]}:{w.lineno}" for w in caught
                                 if "synchroniz" in str(w.message))

@@ -8,7 +8,7 @@ as much as they compare code. Here both contenders live in one process and take 
 steps, so they see the same machine state, and their ratio resolves a few percent.
 
 Contenders, both the book recipe (simple_cnn + BN, bs 512, AdamW, one-cycle lr 0.1, real MNIST in memory):
-    convscope  `convscope.experiment.train`, as `convscope train` runs it: ActivationStats at its defaults,
+    convscope  `convscope.experiments.run_training`, as `convscope train` runs it: ActivationStats at its defaults,
                the NaN guard, the recorder, the run folder with its epoch-end checkpoints; validation on
                the 10k test set at every epoch end (the report written after training is left out).
                `--no-stats` leaves ActivationStats out, to see what the statistics cost on their own.
@@ -39,7 +39,7 @@ def worker(seed: int, chunk: int, epochs: int, stats: bool = True) -> dict:
     from convscope.config import TrainConfig
     from convscope.data.batches import DeviceBatches, normalize_images
     from convscope.data.sources import load_dataset
-    from convscope.experiment import train
+    from convscope.experiments import run_training
     from convscope.models.cnn import simple_cnn
     from convscope.stats.activations import ActivationStats
     from convscope.train import Callback
@@ -98,7 +98,7 @@ def worker(seed: int, chunk: int, epochs: int, stats: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(**BOOK, epochs=epochs, seed=seed, device="cpu", out=out, name="run")
         # stats=False + ActivationStats(): the statistics of `convscope train`, without the report after fit.
-        result = train(cfg, cbs=[turns, ActivationStats()] if stats else [turns], stats=False)
+        result = run_training(cfg, cbs=[turns, ActivationStats()] if stats else [turns], stats=False)
     steps = result.learn.train_iter
     convscope_s = turns.total_s - turns.bare_s
     return {"convscope_sps": steps * cfg.bs / convscope_s, "bare_sps": turns.bare_steps * cfg.bs / turns.bare_s,

@@ -3,7 +3,7 @@ book recipe through a bare PyTorch loop.
 
     python benchmarks/time_to_accuracy.py [--repeats 3]
 
-(a) fast: `TrainConfig(**recipe_settings("fast"))` through `convscope.experiment.train`, ActivationStats
+(a) fast: `TrainConfig(**recipe_settings("fast"))` through `convscope.experiments.run_training`, ActivationStats
     at its defaults on, the run folder written as `convscope train` writes it;
 (b) book: the fastai book's recipe (simple_cnn + BatchNorm, bs 512, AdamW, fit_one_cycle(5, 0.1)) through
     the same path;
@@ -34,8 +34,8 @@ BOOK = {"epochs": 5, "lr": 0.1, "bs": 512}
 
 def worker_convscope(recipe: str, seed: int) -> dict:
     from convscope.config import TrainConfig
-    from convscope.experiment import train
-    from convscope.recipes import recipe_settings
+    from convscope.experiments import run_training
+    from convscope.experiments.recipes import recipe_settings
     from convscope.stats.activations import ActivationStats
     from convscope.train import Callback
 
@@ -54,7 +54,7 @@ def worker_convscope(recipe: str, seed: int) -> dict:
         cfg = TrainConfig(**settings, seed=seed, device="cpu", out=out, name="run")
         # stats=False + our own ActivationStats(): the same statistics as `convscope train`, without the
         # diagnosis and report written after training (not part of time to accuracy).
-        result = train(cfg, cbs=[clock, ActivationStats()], stats=False)
+        result = run_training(cfg, cbs=[clock, ActivationStats()], stats=False)
     steps, bs = result.learn.train_iter, cfg.bs
     return {"marks": clock.marks, "samples_per_s": steps * bs / clock.marks[-1][0]}
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from convscope import TrainConfig
-from convscope.experiment import train
-from convscope.recipes import recipe_settings
+from convscope.experiments import run_training
+from convscope.experiments.recipes import recipe_settings
 from convscope.train import Callback
 
 SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
@@ -43,10 +43,10 @@ def main() -> None:
     run_dir, mode, at_step = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     recipe = sys.argv[4] if len(sys.argv) > 4 else "book"
     if mode == "resume":
-        result = train(config(run_dir, recipe), resume=run_dir)
+        result = run_training(config(run_dir, recipe), resume=run_dir)
     else:
         cbs = [SignalSelf(at_step, SIGNALS[mode])] if mode in SIGNALS else []
-        result = train(config(run_dir, recipe), cbs=cbs)
+        result = run_training(config(run_dir, recipe), cbs=cbs)
     if result.interrupted is not None:
         sys.exit(128 + result.interrupted)
 

@@ -429,13 +429,13 @@ def tiny_run(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A real finished run: one epoch of 4 steps (limit_train=1024, bs=256), with stats and a checkpoint."""
     from convscope import TrainConfig, load_run
     from convscope.diagnose import diagnose, save_findings
-    from convscope.experiment import train
+    from convscope.experiments import run_training
     from convscope.stats import ActivationStats
 
     cfg = TrainConfig(data_root=str(tiny_mnist), limit_train=1024, bs=256, epochs=1, device="cpu",
                       out=str(tmp_path_factory.mktemp("tiny-run")), name="r")
     # stats=False + an ActivationStats callback: stats.npz is written, the slow HTML report is not.
-    result = train(cfg, stats=False, cbs=[ActivationStats()])
+    result = run_training(cfg, stats=False, cbs=[ActivationStats()])
     save_findings(result.run_dir, diagnose(load_run(result.run_dir)))
     return result.run_dir
 
@@ -464,9 +464,9 @@ def run_row(row: Row, case: Case) -> tuple[str, str, int | None]:
     call = case.fill(row.call)
     if not call.startswith("convscope "):
         from convscope import TrainConfig
-        from convscope.experiment import train
+        from convscope.experiments import run_training
 
-        namespace = {"TrainConfig": TrainConfig, "train": train, **case.namespace}
+        namespace = {"TrainConfig": TrainConfig, "run_training": run_training, **case.namespace}
         with pytest.raises(ConvscopeError) as info:
             exec(call, namespace)
         return f"{type(info.value).__name__}: {info.value}", "", None

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from convscope.bs_sweep import markdown_table, recommend, scaled_lr
 from convscope.cli import app
 from convscope.data.batches import normalize_images
+from convscope.experiments.bs_sweep import markdown_table, recommend, scaled_lr
 from convscope.models.cnn import simple_cnn
 
 

@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from convscope import TrainConfig, load_run
-from convscope.experiment import train
+from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
 
 
 def test_book_setting_one_epoch_reaches_98_percent_and_writes_the_run(data_dir, tmp_path):
     """The book: simple_cnn + BatchNorm, bs 512, fit_one_cycle(1, 0.06) -> 98.64%. We require >= 98.0%."""
     cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="book", device="cpu")
-    result = train(cfg)
+    result = run_training(cfg)
     run = load_run(result.run_dir)
     assert run.final_accuracy >= 0.98
     assert sorted(p.name for p in result.run_dir.iterdir()) == [
@@ -41,7 +41,7 @@ def test_book_setting_one_epoch_reaches_98_percent_and_writes_the_run(data_dir, 
 def test_book_setting_five_epochs_reaches_99_percent(data_dir, tmp_path):
     """The book reports 99.12% for fit_one_cycle(5, 0.1) (the README's second example). We require >= 99.0%."""
     cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="book5", epochs=5, lr=0.1, device="cpu")
-    result = train(cfg)
+    result = run_training(cfg)
     assert load_run(result.run_dir).final_accuracy >= 0.99
 
 
@@ -53,10 +53,10 @@ def test_fast_recipe_reaches_99_percent_with_its_statistics(data_dir, tmp_path):
     import json
 
     from convscope.data.sources import load_dataset
-    from convscope.recipes import recipe_settings
+    from convscope.experiments.recipes import recipe_settings
 
     cfg = TrainConfig(**recipe_settings("fast"), data_root=str(data_dir), out=str(tmp_path), name="fast", device="cpu")
-    result = train(cfg)
+    result = run_training(cfg)
     model = simple_cnn(head="linear", image_size=20)
     model.load_state_dict(load_file(result.run_dir / "checkpoint" / "model.safetensors"))
     model.eval()

@@ -186,12 +186,12 @@ def fuzz_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     findings.json and a checkpoint; only the slow HTML report is left out."""
     from convscope import TrainConfig
     from convscope.diagnose import diagnose, save_findings
-    from convscope.experiment import train
+    from convscope.experiments import run_training
     from convscope.stats import ActivationStats
 
     cfg = TrainConfig(data_root=str(data_dir), limit_train=1024, bs=256, epochs=1, device="cpu",
                       out=str(tmp_path_factory.mktemp("fuzz-run")), name="r")
-    result = train(cfg, stats=False, cbs=[ActivationStats()])  # stats.npz without the report
+    result = run_training(cfg, stats=False, cbs=[ActivationStats()])  # stats.npz without the report
     save_findings(result.run_dir, diagnose(load_run(result.run_dir)))
     return result.run_dir
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convscope import TrainConfig
-from convscope.lr_study import SCHEDULES, lr_study, schedule_for
+from convscope.experiments.lr_study import SCHEDULES, lr_study, schedule_for
 
 
 def test_schedules_start_identically_and_high_constant_collapses(data_dir):

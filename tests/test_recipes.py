@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from convscope.cli import app
 from convscope.config import TrainConfig
 from convscope.errors import ConfigError
-from convscope.recipes import RECIPES, recipe_settings
+from convscope.experiments.recipes import RECIPES, recipe_settings
 from convscope.stats.compute import histogram
 
 

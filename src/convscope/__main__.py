@@ -1,3 +1,5 @@
-from .cli import main
+"""`python -m convscope` runs the command line."""
+
+from convscope.cli import main
 
 main()

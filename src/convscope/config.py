@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from convscope.errors import ConfigError
 
 SCHEDULES = ("one-cycle", "constant")
 KNOWN_DATASETS = ("mnist", "fashion-mnist")

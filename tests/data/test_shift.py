@@ -8,7 +8,7 @@ import torch
 
 from convscope.data.batches import DeviceBatches, normalize_images
 from convscope.errors import ConfigError
-from convscope.experiment import centre_crop
+from convscope.experiments.setup import centre_crop
 
 N, BS, SHIFT, SIZE = 2048, 256, 1, 20
 

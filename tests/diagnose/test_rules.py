@@ -9,7 +9,7 @@ import pytest
 
 from convscope.diagnose import Finding, diagnose
 from convscope.diagnose import rules as R
-from convscope.stats.data import ActivationStatsData
+from convscope.runs.stats_data import ActivationStatsData
 
 LAYERS = ["conv1.conv", "conv1.act", "conv1.bn", "conv2.conv", "conv2.act", "conv2.bn"]
 KINDS = ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d"]

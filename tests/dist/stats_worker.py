@@ -22,7 +22,7 @@ from convscope.data.batches import DeviceBatches, normalize_images
 from convscope.data.sources import load_dataset
 from convscope.dist.batchnorm import sync_batchnorm
 from convscope.dist.context import current, init_from_env, shutdown
-from convscope.dist.ddp import DistributedTrainer
+from convscope.train.ddp import DistributedTrainer
 from convscope.models.cnn import simple_cnn
 from convscope.stats.activations import ActivationStats
 from convscope.stats.compute import DEAD_COUNT

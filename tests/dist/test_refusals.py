@@ -13,7 +13,7 @@ import pytest
 
 from convscope.config import TrainConfig
 from convscope.errors import ConfigError
-from convscope.experiment import per_rank_batch
+from convscope.experiments.run import per_rank_batch
 
 
 @pytest.mark.parametrize("command", [["lr-find"], ["bs-sweep"], ["lr-study"], ["train", "--nproc", "2"]])

@@ -21,7 +21,7 @@ import torch
 
 from convscope import TrainConfig
 from convscope.dist.context import current
-from convscope.experiment import train
+from convscope.experiments import run_training
 from convscope.train import Callback
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         cbs = []
     cfg = TrainConfig(out=str(run_dir.parent), name=run_dir.name, epochs=epochs, bs=256, lr=0.06, device="cpu",
                       seed=5)
-    result = train(cfg, cbs=cbs, checkpoint_every=20)
+    result = run_training(cfg, cbs=cbs, checkpoint_every=20)
     if current().is_main and result.metrics:
         print("accuracy", result.metrics[-1]["accuracy"], flush=True)
     if result.interrupted is not None:

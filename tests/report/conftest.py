@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convscope.stats.data import ActivationStatsData
+from convscope.runs.stats_data import ActivationStatsData
 
 N_TRAIN, N_VALID, BS = 15_360, 2_000, 128
 
@@ -42,11 +42,11 @@ def mnist_subset(mnist, tmp_path_factory) -> Path:
 def trained(mnist_subset, tmp_path_factory):
     """TrainResult (learn, run_dir, config) of the shared run; its folder holds stats.npz and report.html."""
     from convscope.config import TrainConfig
-    from convscope.experiment import train
+    from convscope.experiments import run_training
 
     cfg = TrainConfig(dataset=str(mnist_subset), bs=BS, out=str(tmp_path_factory.mktemp("runs")), name="book",
                       device="cpu")
-    return train(cfg)
+    return run_training(cfg)
 
 
 @pytest.fixture(scope="session")

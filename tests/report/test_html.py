@@ -155,12 +155,12 @@ def test_the_report_says_which_layers_froze_and_from_which_step(data_dir, tmp_pa
     """A real run with conv1 frozen after half its 8 steps: freezing starts at step 4, which is also the
     first recorded step (one in 4) without conv1's gradient; conv2 trains throughout."""
     from convscope import TrainConfig
-    from convscope.experiment import train
+    from convscope.experiments import run_training
     from convscope.report.html import frozen_from
 
     cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="frozen", bs=256, limit_train=2048,
                       freeze={"conv1": 0.5}, device="cpu")
-    result = train(cfg)
+    result = run_training(cfg)
     stats = result.learn.activation_stats.data
     assert list(stats.steps) == [0, 4]
     assert frozen_from(stats) == {"conv1.conv": 4, "conv1.bn": 4}

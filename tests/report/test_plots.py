@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from convscope import load_run
 from convscope.errors import ConfigError
-from convscope.report import plots
+from convscope.plots import activations as plots
 
 LAYER = "conv2.act"
 

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from convscope.data.batches import DeviceBatches
 from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
-from convscope.report.schedule_plots import plot_lr_find, plot_schedule
-from convscope.schedules.lr_finder import LRFinder, lr_find
+from convscope.plots.schedules import plot_lr_find, plot_schedule
 from convscope.train import Learner
+from convscope.train.lr_finder import LRFinder, lr_find
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from torch import nn
 from convscope.data.batches import DeviceBatches
 from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
-from convscope.runs.saver import RunSaver
 from convscope.runs.store import create_run_dir
 from convscope.stats import ActivationStats, has_hooks, watch
 from convscope.stats.collector import StatsCollector
 from convscope.stats.row_batch import DeviceRowBatch
 from convscope.train import Callback, Learner
+from convscope.train.run_saver import RunSaver
 
 
 def reference_outputs(model: nn.Sequential, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,7 +21,6 @@ from torch import nn
 from convscope.data.batches import DeviceBatches
 from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
-from convscope.runs.saver import RunSaver
 from convscope.stats.activations import ActivationStats
 from convscope.stats.noise_scale import (
     GradientNoiseScale,
@@ -31,6 +30,7 @@ from convscope.stats.noise_scale import (
     unbiased_estimates,
 )
 from convscope.train import Callback, Learner
+from convscope.train.run_saver import RunSaver
 
 D, S = 8, 1.0  # input dimension and label-noise std; |delta| = 1 below
 G2_TRUE, TR_TRUE = 4.0, 4.0 * ((D + 1) + S**2 * D)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convscope import TrainConfig, load_run
-from convscope.experiment import train
+from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
 from convscope.runs.checkpoint import load_checkpoint, restore_model
 from convscope.train import Callback
@@ -30,7 +30,7 @@ def test_injected_nan_is_caught_at_its_step_naming_the_layer(data_dir, tmp_path)
     cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="nan", epochs=2, bs=256, limit_train=4096,
                       device="cpu")
     with pytest.raises(NonFiniteError) as info:
-        train(cfg, cbs=[CorruptWeight()])
+        run_training(cfg, cbs=[CorruptWeight()])
     message = str(info.value)
     assert f"at step {BAD_STEP}" in message and "conv3.conv" in message
     run_dir = tmp_path / "nan"
@@ -70,9 +70,9 @@ def test_a_guard_that_reads_every_n_steps_names_the_exact_bad_step_and_never_che
     # The GPU mode (no host read per step), run on the CPU: NaN at step 5, flag read every 4 steps, a
     # checkpoint due after step 7. The error must come before that checkpoint and name step 5.
     from convscope.data.batches import DeviceBatches
-    from convscope.runs.saver import RunSaver
     from convscope.train import Learner
     from convscope.train.guard import NonFiniteGuard
+    from convscope.train.run_saver import RunSaver
 
     class NanLoss(Callback):
         order = 1  # before the guard (5) looks at the loss

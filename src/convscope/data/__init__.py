@@ -5,9 +5,9 @@ own image folders.
 tensors, int64 labels, class names); MNIST images are `[N, 28, 28]`, folder images `[N, C, H, W]`.
 """
 
-from .folders import IMAGE_EXTENSIONS, FolderData, ImageFolderDataset, load_image_folder
-from .idx import read_idx, read_mnist_pair
-from .sources import (
+from convscope.data.folders import IMAGE_EXTENSIONS, FolderData, ImageFolderDataset, load_image_folder
+from convscope.data.idx import read_idx, read_mnist_pair
+from convscope.data.sources import (
     DATASETS,
     DatasetFile,
     DatasetSpec,

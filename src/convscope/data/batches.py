@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ConfigError
+from convscope.errors import ConfigError
 
 
 def normalize_images(images: torch.Tensor, mean: float | None = None, std: float | None = None,

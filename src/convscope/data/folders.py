@@ -20,9 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from convscope.data.sources import ImageData
 from convscope.errors import ConfigError, DataError
-
-from .sources import ImageData
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderData", "ImageFolderDataset", "load_image_folder"]
 

@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 
+from convscope.data.idx import read_mnist_pair
 from convscope.errors import DataError, DownloadError
-
-from .idx import read_mnist_pair
 
 __all__ = [
     "DATASETS",

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .findings import Finding
+from convscope.runs.findings import SEVERITIES, Finding
+from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
+from convscope.runs.store import read_npz
 
 # --- activations -------------------------------------------------------------------------------------
 TAIL = 0.25  # "stays": judged on the last quarter of the recorded steps (after the early transients)
@@ -108,7 +110,7 @@ def near_zero_activations(run: Any) -> list[Finding]:
     return findings
 
 
-def _episodes(series: np.ndarray) -> list[int]:
+def collapse_episodes(series: np.ndarray) -> list[int]:
     """Indices where the series jumps above COLLAPSE_ENTER after being below COLLAPSE_LEAVE."""
     starts, armed = [], False
     for j, v in enumerate(series):
@@ -126,7 +128,7 @@ def collapse_cycles(run: Any) -> list[Finding]:
         return []
     hits = []
     for i in _signal_layers(stats):
-        starts = _episodes(stats.near_zero[:, i])
+        starts = collapse_episodes(stats.near_zero[:, i])
         if len(starts) >= COLLAPSE_MIN_EPISODES:
             hits.append((i, starts))
     if not hits:
@@ -276,12 +278,9 @@ BS_FAR = 4.0  # batch size 4x away from the critical batch size: worth changing 
 def batch_size_advice(run: Any) -> list[Finding]:
     """Compare the batch size with the gradient noise scale measured in the run (noise_scale.npz), if any."""
     path = getattr(run, "path", None)
-    if path is None or not (path / "noise_scale.npz").exists():
+    if path is None or not (path / NOISE_SCALE_FILE).exists():
         return []
-    from ..runs.store import read_npz
-    from ..stats.noise_scale import ratio_of_means
-
-    ns = read_npz(path / "noise_scale.npz")
+    ns = read_npz(path / NOISE_SCALE_FILE)
     g2, tr = np.asarray(ns.get("g2", [])), np.asarray(ns.get("tr_sigma", []))
     if len(g2) < 8:
         return []
@@ -311,8 +310,6 @@ RULES: tuple[Rule, ...] = (loss_health, near_zero_activations, collapse_cycles, 
 def diagnose(run: Any, rules: tuple[Rule, ...] = RULES) -> list[Finding]:
     """All findings for `run` (a `convscope.load_run` result or anything with the same attributes),
     most severe first; a single 'healthy' finding when no rule fires."""
-    from .findings import SEVERITIES
-
     findings = [f for rule in rules for f in rule(run)]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if not any(f.severity in ("high", "medium", "low") for f in findings):

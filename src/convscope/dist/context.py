@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, ConvscopeError
+from convscope.errors import ConfigError, ConvscopeError
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from ..errors import ConfigError
-from .context import launched_by_torchrun
+from convscope.errors import ConfigError
+from convscope.dist.context import launched_by_torchrun
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

@@ -1,24 +1,5 @@
-"""Reading a run back as pictures: matplotlib figures and the self-contained report.html."""
+"""A saved run as one self-contained page, report.html (its figures come from convscope.plots)."""
 
-from .html import render_report, write_report
-from .plots import (
-    color_dim,
-    plot_dead,
-    plot_grad_stats,
-    plot_layer,
-    plot_layer_stats,
-    plot_loss,
-    plot_overview,
-)
+from convscope.report.html import render_report, write_report
 
-__all__ = [
-    "color_dim",
-    "plot_dead",
-    "plot_grad_stats",
-    "plot_layer",
-    "plot_layer_stats",
-    "plot_loss",
-    "plot_overview",
-    "render_report",
-    "write_report",
-]
+__all__ = ["render_report", "write_report"]

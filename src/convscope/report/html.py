@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .. import __version__
-from ..errors import ConvscopeError, RunError
-from ..runs.run import Run, load_run
-from ..runs.store import atomic_write_bytes, read_json
-from ..stats.data import ActivationStatsData
-from . import plots
-from .schedule_plots import plot_lr_find, plot_schedule
+from convscope._version import __version__
+from convscope.errors import ConvscopeError, RunError
+from convscope.plots import activations as plots
+from convscope.plots.schedules import plot_lr_find, plot_schedule
+from convscope.runs.run import Run, load_run
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.runs.store import atomic_write_bytes, read_json
 
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
 

@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import RunError
-from .store import atomic_write_json, read_json
+from convscope.errors import RunError
+from convscope.runs.store import atomic_write_json, read_json
 
 CHECKPOINT = "checkpoint"
 

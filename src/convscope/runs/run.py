@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunError
-from ..stats.data import ActivationStatsData
-from .store import read_json, read_jsonl, read_npz
+from convscope.errors import RunError
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.runs.store import read_json, read_jsonl, read_npz
 
 
 @dataclass

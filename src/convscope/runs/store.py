@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunError
+from convscope.errors import RunError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

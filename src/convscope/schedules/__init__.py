@@ -1,6 +1,7 @@
-"""Learning-rate and momentum schedules (pure curves) and the callback that applies them."""
+"""Learning-rate and momentum schedules as pure curves, and the LR finder's suggestions (pure functions of a
+sweep). The callback that applies curves while training is `convscope.train.scheduler.ParamScheduler`."""
 
-from .curves import (
+from convscope.schedules.curves import (
     Constant,
     Cosine,
     Curve,
@@ -10,11 +11,12 @@ from .curves import (
     StepDecay,
     one_cycle_lr,
     one_cycle_mom,
+    one_cycle_schedules,
     phases,
+    step_position,
     warmup_constant,
     warmup_cosine,
 )
-from .scheduler import ParamScheduler, one_cycle_schedules, step_position
 
 __all__ = [
     "Constant",
@@ -22,7 +24,6 @@ __all__ = [
     "Curve",
     "Exponential",
     "Linear",
-    "ParamScheduler",
     "Phases",
     "StepDecay",
     "one_cycle_lr",

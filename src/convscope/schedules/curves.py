@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ConfigError
+from convscope.errors import ConfigError
 
 
 class Curve(Protocol):
@@ -134,3 +134,24 @@ class StepDecay:
 
     def __call__(self, pos: float) -> float:
         return self.start * self.gamma ** sum(pos >= m for m in self.milestones)
+
+
+def one_cycle_schedules(
+    lr_max: float,
+    pct_start: float = 0.25,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+) -> dict[str, Curve]:
+    """The 1cycle curves for ParamScheduler: lr up from lr_max/div and down to lr_max/div_final, momentum
+    the other way."""
+    return {"lr": one_cycle_lr(lr_max, pct_start, div, div_final), "mom": one_cycle_mom(moms, pct_start)}
+
+
+def step_position(step: int, total_steps: int) -> float:
+    """Position of 0-based `step` in a fit of `total_steps`: 0 at the first step, 1 at the last.
+
+    With this mapping the first step uses the curve's start and the last its end, as
+    torch.optim.lr_scheduler.OneCycleLR does.
+    """
+    return step / (total_steps - 1) if total_steps > 1 else 0.0

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from convscope.errors import ConfigError
 
 MIN_POINTS = 5  # below this a slope, a valley or a slide window means nothing
 

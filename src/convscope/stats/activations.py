@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..dist.context import is_main
-from ..train.callback import Callback
-from .collector import HistRange, StatsCollector, check_settings
-from .data import ActivationStatsData
+from convscope.dist.context import is_main
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.stats.collector import HistRange, StatsCollector, check_settings
+from convscope.train.callback import Callback
 
 STATS_FILE = "stats.npz"
 # Defaults chosen with benchmarks/stats_overhead.py (MNIST simple_cnn, bs 512, CPU): see the README.

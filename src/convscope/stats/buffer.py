@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .compute import N_VALUES, finish
+from convscope.stats.compute import N_VALUES, finish
+from convscope.stats.reduce import reduce_block
 
 N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
 
@@ -80,8 +81,6 @@ class StatsBuffer:
         if k == 0:
             return
         if self.across_ranks:
-            from .reduce import reduce_block
-
             reduce_block(self.values[:k], self.hist[:k], self.sizes[:k],
                          [None if m is None else m[:k] for m in self.channel_max])
         values = np.stack(finish(self.values[:k].cpu().numpy(), self.sizes[:k]), axis=-1)

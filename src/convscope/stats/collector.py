@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dist.context import all_reduce, current
-from ..errors import ConfigError
-from .buffer import StatsBuffer
-from .compute import fine_factor, layer_stats
-from .data import ActivationStatsData
-from .hooks import Hooks, select_modules
-from .row_batch import DeviceRowBatch, RowBatch
+from convscope.dist.context import all_reduce, current
+from convscope.errors import ConfigError
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.stats.buffer import StatsBuffer
+from convscope.stats.compute import fine_factor, layer_stats
+from convscope.stats.hooks import Hooks, select_modules
+from convscope.stats.row_batch import DeviceRowBatch, RowBatch
 
 HistRange = tuple[float, float] | str
 

@@ -25,6 +25,7 @@ Nothing here reads a value back to the host: results are written into the caller
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEAR_ZERO = 0.05
@@ -165,8 +166,6 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
 
 def finish(values, sizes):
     """Host-side: buffer columns and (elements, channels) per entry -> (mean, std, near_zero, dead)."""
-    import numpy as np
-
     v = np.asarray(values, dtype=np.float64)
     n = np.asarray(sizes[..., 0], dtype=np.float64)
     channels = np.asarray(sizes[..., 1], dtype=np.float64)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from convscope.errors import ConfigError
 
 # Activation functions have no parameters, so "modules with parameters" (fastai's default) misses the
 # statistics after the non-linearity, where dead units actually show.

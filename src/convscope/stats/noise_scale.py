@@ -29,13 +29,13 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from ..dist.context import all_reduce, current, is_main
-from ..errors import ConfigError
-from ..runs.store import atomic_save_npz, read_npz
-from ..train.callback import Callback
+from convscope.dist.context import all_reduce, current, is_main
+from convscope.errors import ConfigError
+from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
+from convscope.runs.store import atomic_save_npz, read_npz
+from convscope.train.callback import Callback
 
 ArrayLike = float | np.ndarray
-NOISE_SCALE_FILE = "noise_scale.npz"
 
 
 def unbiased_estimates(g2_small: ArrayLike, g2_big: ArrayLike, b_small: ArrayLike,
@@ -81,14 +81,6 @@ def running_b_simple(g2_small: ArrayLike, g2_big: ArrayLike, b_small: ArrayLike,
     with np.errstate(divide="ignore", invalid="ignore"):
         b_simple = np.where(g2_ema > 0, tr_ema / g2_ema, np.nan)
     return b_simple, g2_ema, tr_ema
-
-
-def ratio_of_means(g2: np.ndarray, tr_sigma: np.ndarray) -> float:
-    """mean(tr Sigma) / mean(|G|^2): B_simple over a set of measurements, NaN if mean |G|^2 <= 0 or empty."""
-    g2, tr_sigma = np.asarray(g2, np.float64), np.asarray(tr_sigma, np.float64)
-    if not len(g2) or not g2.mean() > 0:
-        return float("nan")
-    return float(tr_sigma.mean() / g2.mean())
 
 
 def _squared_norm(grads: list[torch.Tensor | None], device: torch.device) -> torch.Tensor:

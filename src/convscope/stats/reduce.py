@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..dist.context import all_reduce
-from .compute import DEAD_COUNT
+from convscope.dist.context import all_reduce
+from convscope.stats.compute import DEAD_COUNT
 
 
 def reduce_block(values: torch.Tensor, hist: torch.Tensor, sizes: np.ndarray,

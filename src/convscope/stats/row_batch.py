@@ -33,7 +33,7 @@ from itertools import accumulate
 
 import torch
 
-from .compute import (
+from convscope.stats.compute import (
     DEAD_COUNT,
     NEAR_ZERO_COUNT,
     SUM,

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import RunError
-from .activations import STATS_FILE
-from .collector import HistRange, StatsCollector
-from .data import ActivationStatsData
+from convscope.errors import RunError
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl, create_run_dir
+from convscope.stats.activations import STATS_FILE
+from convscope.stats.collector import HistRange, StatsCollector
 
 
 class Watch:
@@ -49,8 +50,6 @@ class Watch:
 
     def __enter__(self) -> Watch:
         if self.run_dir is not None:
-            from ..runs.store import create_run_dir
-
             create_run_dir(self.run_dir.parent, self.run_dir.name)
         self.collector.attach()
         self._begin()
@@ -83,8 +82,6 @@ class Watch:
     activation_stats = data
 
     def save(self) -> None:
-        from ..runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl
-
         assert self.run_dir is not None
         losses = torch.stack(self.losses).cpu().numpy() if self.losses else np.zeros(0, np.float32)
         steps = {"step": np.arange(len(losses), dtype=np.int64), "loss": losses.astype(np.float32)}

@@ -1,7 +1,8 @@
-"""The training loop, its callback contract and the Recorder."""
+"""The training loop, its callback contract, and the callbacks that training itself needs: the Recorder,
+the schedulers, the NaN guard, the run-folder writer, the multi-process trainer and the LR finder."""
 
-from .callback import Callback
-from .events import (
+from convscope.train.callback import Callback
+from convscope.train.events import (
     EVENTS,
     CancelBatchException,
     CancelEpochException,
@@ -9,9 +10,11 @@ from .events import (
     CancelTrainException,
     CancelValidateException,
 )
-from .learner import OPTIMIZERS, Learner, adamw, sgd
-from .metrics import accuracy, error_rate
-from .recorder import Recorder
+from convscope.train.learner import OPTIMIZERS, Learner, adamw, sgd
+from convscope.train.metrics import accuracy, error_rate
+from convscope.train.recorder import Recorder
+from convscope.train.run_saver import RunSaver
+from convscope.train.scheduler import ParamScheduler
 
 __all__ = [
     "EVENTS",
@@ -23,7 +26,9 @@ __all__ = [
     "CancelTrainException",
     "CancelValidateException",
     "Learner",
+    "ParamScheduler",
     "Recorder",
+    "RunSaver",
     "accuracy",
     "adamw",
     "error_rate",

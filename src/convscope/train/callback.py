@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .learner import Learner
+    from convscope.train.learner import Learner
 
 
 def snake_case(name: str) -> str:

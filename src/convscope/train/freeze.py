@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ..errors import ConfigError
-from .callback import Callback
+from convscope.errors import ConfigError
+from convscope.train.callback import Callback
 
 
 def check_freeze(model: nn.Module, schedule: Mapping[str, float]) -> dict[str, float]:

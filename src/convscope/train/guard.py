@@ -16,8 +16,9 @@ import math
 
 import torch
 
-from ..errors import ConvscopeError
-from .callback import Callback
+from convscope.errors import ConvscopeError
+from convscope.runs.findings import Finding
+from convscope.train.callback import Callback
 
 
 class NonFiniteError(ConvscopeError):
@@ -143,8 +144,6 @@ class NonFiniteGuard(Callback):
                 self._stop("gradient", "NaN/Inf", step)
 
     def _stop(self, what: str, value: str, step: int) -> None:
-        from ..diagnose.findings import Finding
-
         learn = self.learn
         layer = first_nonfinite_layer(learn.model, learn.xb)
         where = f" first in layer {layer}" if layer else ""

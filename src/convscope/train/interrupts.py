@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .callback import Callback
-from .events import CancelFitException
+from convscope.train.callback import Callback
+from convscope.train.events import CancelFitException
 
 
 class GracefulStop(Callback):

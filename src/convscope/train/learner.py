@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dist.context import all_reduce
-from ..errors import ConfigError
-from .callback import Callback
-from .events import (
+from convscope.dist.context import all_reduce
+from convscope.errors import ConfigError
+from convscope.schedules.curves import one_cycle_schedules
+from convscope.train.callback import Callback
+from convscope.train.events import (
     EVENTS,
     CancelBatchException,
     CancelEpochException,
@@ -30,8 +31,10 @@ from .events import (
     CancelTrainException,
     CancelValidateException,
 )
-from .metrics import accuracy
-from .recorder import Recorder
+from convscope.train.lr_finder import lr_find
+from convscope.train.metrics import accuracy
+from convscope.train.recorder import Recorder
+from convscope.train.scheduler import ParamScheduler
 
 OptFactory = Callable[..., torch.optim.Optimizer]
 
@@ -194,7 +197,7 @@ class Learner:
         start_epoch, self._skip_batches = 0, 0
         ckpt = None
         if resume is not None:
-            from ..runs.checkpoint import load_checkpoint, restore_learner
+            from convscope.runs.checkpoint import load_checkpoint, restore_learner
 
             ckpt = load_checkpoint(resume)
             if ckpt.epoch > self.n_epochs:
@@ -245,16 +248,12 @@ class Learner:
 
         Both phases follow cosine curves; the momentum moves the other way (high, low, high).
         """
-        from ..schedules.scheduler import ParamScheduler, one_cycle_schedules
-
         check_positive("lr_max", lr_max)
         scheds = one_cycle_schedules(lr_max, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
         self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs], resume=resume)
 
     def lr_find(self, **kwargs: Any) -> Any:
-        """Learning-rate range test; see `convscope.schedules.lr_finder.lr_find` for the arguments."""
-        from ..schedules.lr_finder import lr_find
-
+        """Learning-rate range test; see `convscope.train.lr_finder.lr_find` for the arguments."""
         return lr_find(self, **kwargs)
 
     def _do_epoch(self) -> None:

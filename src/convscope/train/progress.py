@@ -7,7 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .callback import Callback
+from convscope.train.callback import Callback
 
 
 class ProgressBar(Callback):

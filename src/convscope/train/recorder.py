@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..dist.context import all_reduce, current
-from .callback import Callback
+from convscope.dist.context import all_reduce, current
+from convscope.runs.store import read_jsonl, read_npz
+from convscope.train.callback import Callback
 
 
 class Recorder(Callback):
@@ -74,8 +75,6 @@ class Recorder(Callback):
 
     def resume_from(self, run_dir: Path, ckpt: Any) -> None:
         """Reload the steps and epochs recorded before the checkpoint (later rows were never confirmed)."""
-        from ..runs.store import read_jsonl, read_npz
-
         steps = read_npz(run_dir / "steps.npz")
         keep = steps["step"] < ckpt.train_iter if steps else []
         for key in self.steps:
@@ -109,8 +108,8 @@ class Recorder(Callback):
     def plot_sched(self, ax=None):
         """Learning rate and momentum per step, two panels: a matplotlib Figure (made without pyplot).
 
-        `ax`: two Axes to draw into (lr, then momentum). See `convscope.report.schedule_plots.plot_schedule`.
+        `ax`: two Axes to draw into (lr, then momentum). See `convscope.plots.schedules.plot_schedule`.
         """
-        from ..report.schedule_plots import plot_schedule  # report sits above train: imported on use
+        from convscope.plots.schedules import plot_schedule  # matplotlib loads only when a figure is asked for
 
         return plot_schedule(self.step_arrays(), ax=ax)

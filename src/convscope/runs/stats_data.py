@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunError
+from convscope.errors import RunError
+from convscope.runs.store import atomic_save_npz, read_npz
 
 
 @dataclass
@@ -68,25 +69,24 @@ class ActivationStatsData:
                          else getattr(self, f.name)) for f in fields(self)}
 
     # ----------------------------------------------------------------- plots
+    # (convscope.plots draws them; matplotlib loads only when a figure is asked for)
     def plot_layer_stats(self, layer: str | int):
-        from ..report.plots import plot_layer_stats
+        from convscope.plots.activations import plot_layer_stats
 
         return plot_layer_stats(self, layer)
 
     def color_dim(self, layer: str | int):
-        from ..report.plots import color_dim
+        from convscope.plots.activations import color_dim
 
         return color_dim(self, layer)
 
     def plot_dead(self, layer: str | int):
-        from ..report.plots import plot_dead
+        from convscope.plots.activations import plot_dead
 
         return plot_dead(self, layer)
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
-        from ..runs.store import atomic_save_npz
-
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         arrays["layers"] = np.asarray(self.layers, dtype=str)
         arrays["kinds"] = np.asarray(self.kinds, dtype=str)
@@ -94,8 +94,6 @@ class ActivationStatsData:
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationStatsData:
-        from ..runs.store import read_npz
-
         arrays = read_npz(Path(path))
         missing = [f.name for f in fields(cls) if f.name not in arrays and f.name != "kinds"]
         if missing:

@@ -1,84 +1,20 @@
-"""The `convscope` command line. Each command is a plain typed function; its docstring is the help.
-
-Errors caused by input (ConvscopeError) print one line on stderr and exit with code 2, with no
-traceback; anything else is a bug and shows its traceback.
-"""
+"""`convscope train`: settings from the command line (or a run to resume) into experiments.run."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .cli_options import DataRoot, Dataset, Device, LimitTrain
-from .errors import ConvscopeError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train convolutional networks and see inside them while they train.")
-err = Console(stderr=True, highlight=False)
-console = Console(highlight=False)
-
-
-def rank_prefix() -> str:
-    """'rank N: ' in the processes of a multi-process job other than rank 0, else ''."""
-    from .dist.context import launch_env
-
-    info = launch_env()
-    return "" if info.is_main else f"rank {info.rank}: "
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConvscopeError, or a write refused by the disk (full, read-only, no permission), into one
-    line on stderr and exit code 2. Files already written stay whole: every write is atomic."""
-    import errno
-
-    from rich.markup import escape  # a path or value like "[x]" must print as it is, not as a style
-
-    # A full or read-only disk is the user's to fix, not a bug: no traceback, one line with the path.
-    hints = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota exceeded)",
-             errno.EROFS: "make it writable", errno.EACCES: "make it writable", errno.EPERM: "make it writable",
-             errno.ENOTDIR: "a part of that path is a file, not a folder"}
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConvscopeError as exc:
-            err.print(f"{rank_prefix()}[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            if exc.errno not in hints:
-                raise
-            path = exc.filename2 or exc.filename or "a run file"  # a rename's destination is the file meant
-            if kwargs.get("resume"):
-                where = "copy the run folder somewhere writable and resume that copy"
-            else:
-                where = "choose another --out" if "out" in kwargs else "write somewhere else"
-            line = f"cannot write {path}: {exc.strerror}; {hints[exc.errno]} or {where}"
-            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    from .errors import ConfigError
-
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+from convscope.cli.app import console, err
+from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, parse_ints
+from convscope.errors import ConfigError, ConvscopeError
 
 
 def parse_freeze(text: str) -> dict[str, float]:
     """'conv1=0.5,conv2=0.8' -> {'conv1': 0.5, 'conv2': 0.8}; 'none' -> {}."""
-    from .errors import ConfigError
-
     if text.strip().lower() == "none":
         return {}
     out = {}
@@ -94,9 +30,7 @@ def parse_freeze(text: str) -> dict[str, float]:
     return out
 
 
-@app.command()
-@user_errors
-def train(
+def train_command(
     dataset: Dataset = "mnist",
     data_root: DataRoot = None,
     recipe: Annotated[str, typer.Option(help="settings to start from: book (the fastai book's) or fast "
@@ -132,16 +66,15 @@ def train(
 ) -> None:
     """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
-    from .config import TrainConfig
-    from .dist.context import current, shutdown
-    from .errors import ConfigError
-    from .experiment import resume_config
-    from .experiment import train as run_training
-    from .recipes import recipe_settings
-    from .train.guard import NonFiniteError
+    # torch loads only when the command runs, so that `convscope --help` stays fast
+    from convscope.config import TrainConfig
+    from convscope.dist.context import current, shutdown
+    from convscope.experiments.recipes import recipe_settings
+    from convscope.experiments.run import resume_config, run_training
+    from convscope.train.guard import NonFiniteError
 
     if nproc is not None:
-        from .dist.launch import launch
+        from convscope.dist.launch import launch
 
         raise typer.Exit(launch(nproc, sys.argv[1:]))
     if checkpoint_every is not None and checkpoint_every < 1:
@@ -193,7 +126,7 @@ def train(
         console.print(f"{rank.world_size} processes x batch {result.config.bs} = global batch "
                       f"{result.config.bs * rank.world_size}")
     if result.findings:
-        from .cli_diagnose import findings_table
+        from convscope.cli.diagnose import findings_table
 
         console.print(findings_table(result.findings))
     if result.interrupted is not None:
@@ -204,49 +137,3 @@ def train(
                   soft_wrap=True)
         raise typer.Exit(128 + result.interrupted)
     console.print(f"run written to {result.run_dir}")
-
-
-@app.command()
-@user_errors
-def summary(
-    channels: Annotated[str, typer.Option(help="filters of the stride-2 convs, comma-separated")] = "8,16,32,64",
-    first_kernel: Annotated[int, typer.Option(help="kernel size of the first conv")] = 5,
-    bn: Annotated[bool, typer.Option("--bn/--no-bn")] = True,
-    input_size: Annotated[int, typer.Option(help="height and width of the input images")] = 28,
-    in_channels: Annotated[int, typer.Option(help="1 for grayscale, 3 for RGB")] = 1,
-    head: Annotated[str, typer.Option(help="conv (the book's last conv) or linear (flatten + Linear)")] = "conv",
-) -> None:
-    """Per layer: output shape, parameters, multiply-accumulates and receptive field."""
-    from .models.cnn import simple_cnn
-    from .models.summary import summary as model_summary
-
-    model = simple_cnn(channels=parse_ints(channels, "--channels"), in_channels=in_channels,
-                       first_kernel=first_kernel, bn=bn, head=head, image_size=input_size)
-    console.print(str(model_summary(model, (in_channels, input_size, input_size))))
-
-
-from .cli_bs_sweep import bs_sweep_command  # noqa: E402
-from .cli_lr_find import lr_find_command  # noqa: E402
-
-app.command("bs-sweep")(user_errors(bs_sweep_command))
-app.command("lr-find")(user_errors(lr_find_command))
-
-from .cli_diagnose import diagnose_command  # noqa: E402
-
-app.command("diagnose")(user_errors(diagnose_command))
-
-from .cli_report import report_command  # noqa: E402
-
-app.command("report")(user_errors(report_command))
-
-from .cli_lr_study import lr_study_command  # noqa: E402
-
-app.command("lr-study")(user_errors(lr_study_command))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

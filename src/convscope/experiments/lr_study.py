@@ -15,6 +15,8 @@ to zero without warm-up) is measured, not described.
 from __future__ import annotations
 
 import copy
+import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +25,19 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .config import TrainConfig
-from .data.batches import DeviceBatches
-from .diagnose.rules import _episodes
-from .dist.context import refuse_under_torchrun
-from .errors import ConfigError
-from .experiment import build_batches, fit_to_input
-from .models.cnn import simple_cnn
-from .schedules import Constant, ParamScheduler, one_cycle_schedules, warmup_constant
-from .stats.activations import ActivationStats
-from .train.learner import Learner
+from convscope.config import TrainConfig
+from convscope.data.batches import DeviceBatches
+from convscope.diagnose.rules import collapse_episodes
+from convscope.dist.context import refuse_under_torchrun
+from convscope.dist.devices import resolve_device
+from convscope.errors import ConfigError
+from convscope.experiments.setup import build_batches, build_model, load_data
+from convscope.plots.activations import smooth
+from convscope.runs.store import atomic_write_bytes, atomic_write_json, create_run_dir
+from convscope.schedules import Constant, one_cycle_schedules, warmup_constant
+from convscope.stats.activations import ActivationStats
+from convscope.train.learner import Learner
+from convscope.train.scheduler import ParamScheduler
 
 SCHEDULES = ("constant-high", "constant-low", "warmup-constant", "one-cycle")
 EARLY = 0.25  # "early training": the first quarter of the steps
@@ -88,7 +93,7 @@ def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn
     k = max(1, len(losses) // 10)
     return StudyRow(name, learn.recorder.epochs[-1]["accuracy"], float(losses[-k:].mean()),
                     float(nz[early].mean()), float(nz[early].max()),
-                    max(len(_episodes(stats.near_zero[:, i])) for i in signal), learn.recorder.lrs, losses, nz,
+                    max(len(collapse_episodes(stats.near_zero[:, i])) for i in signal), learn.recorder.lrs, losses, nz,
                     stats.near_zero[:, signal], [stats.layers[i] for i in signal])
 
 
@@ -101,9 +106,7 @@ def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[S
     train_dl, valid_dl, info = build_batches(cfg, device)
 
     def model_fn():
-        m = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
-                       first_kernel=cfg.first_kernel, bn=cfg.bn)
-        return fit_to_input(m, info).to(device)
+        return build_model(cfg, info).to(device)
 
     torch.manual_seed(cfg.seed)
     init = copy.deepcopy(model_fn().state_dict())
@@ -111,8 +114,6 @@ def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[S
 
 
 def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
-    from .report.plots import smooth
-
     fig = Figure(figsize=(12, 7.5), layout="constrained")
     axes = fig.subplots(2, 2)
     # Show the layer where the schedules differ most: that is where a collapse shows.
@@ -142,15 +143,23 @@ def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
 
 
 def save_study(rows: list[StudyRow], cfg: TrainConfig, run_dir: Path) -> None:
-    from .runs.store import atomic_write_bytes, atomic_write_json
-
     best = max(r.accuracy for r in rows)
     atomic_write_json(run_dir / "lr_study.json", {"config": cfg.to_dict(), "best_accuracy": best,
                                                   "rows": [r.to_dict() for r in rows]})
     fig = plot_study(rows, f"same start, same data, {cfg.epochs} epoch(s), lr_max {cfg.lr}, bs {cfg.bs}, "
                            f"{'with' if cfg.bn else 'no'} BatchNorm")
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(run_dir / "lr_study.png", buf.getvalue())
+
+
+def run_lr_study(cfg: TrainConfig) -> tuple[Path, list[StudyRow]]:
+    """What `convscope lr-study` runs: every check first (device, data, one process), then a new run folder,
+    the four schedules, and lr_study.json and lr_study.png in it."""
+    resolve_device(cfg.device)
+    load_data(cfg)  # fail on missing data before a folder exists
+    refuse_under_torchrun("convscope lr-study")  # before the run folder is made
+    run_dir = create_run_dir(cfg.out, cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-lr-study")
+    rows = lr_study(cfg, SCHEDULES)
+    save_study(rows, cfg, run_dir)
+    return run_dir, rows

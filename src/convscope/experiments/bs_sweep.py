@@ -1,6 +1,6 @@
 """Batch-size study: train the same model from the same weights at several batch sizes and compare.
 
-Each setting runs in a fresh Python process (`python -m convscope.bs_sweep <spec>`), so its peak memory
+Each setting runs in a fresh Python process (`python -m convscope.experiments.bs_sweep <spec>`), so its peak memory
 is its own and no allocator state leaks from one setting into the next. Every setting writes its own run
 folder inside the sweep folder (with noise_scale.npz beside the usual files); the sweep folder gets
 bs_sweep.json (one row per setting and the recommendation) and bs_sweep.png.
@@ -27,14 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .devices import resolve_device
-from .dist.context import refuse_under_torchrun
-from .errors import ConfigError, RunError
-from .runs.store import atomic_write_json, create_run_dir, read_npz
-from .stats.noise_scale import GradientNoiseScale
-from .train.callback import Callback
-from .train.guard import NonFiniteError
+from convscope.config import TrainConfig
+from convscope.dist.context import refuse_under_torchrun
+from convscope.dist.devices import resolve_device
+from convscope.errors import ConfigError, RunError
+from convscope.experiments.run import run_training
+from convscope.experiments.setup import load_data
+from convscope.runs.store import atomic_write_json, create_run_dir, read_npz
+from convscope.stats.noise_scale import GradientNoiseScale
+from convscope.train.callback import Callback
+from convscope.train.guard import NonFiniteError
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
@@ -180,8 +182,6 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one setting in this process and return its row (what the sweep's worker process runs)."""
-    from .experiment import train
-
     cfg = TrainConfig(**spec["train"])
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -190,7 +190,7 @@ def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
     # stats=False: no ActivationStats hooks and no report.html per setting -- they would add their own
     # cost to the training time this study compares (the sweep folder has its own figure).
     try:
-        result = train(cfg, cbs=[gns, timer], stats=False)
+        result = run_training(cfg, cbs=[gns, timer], stats=False)
     except NonFiniteError as exc:  # a diverged setting is a result of the study, not a failure of the sweep
         return {"bs": cfg.bs, "lr": cfg.lr, "epochs": cfg.epochs, "run": cfg.name, "diverged": str(exc),
                 **dict.fromkeys(FLOAT_FIELDS, float("nan")), "steps": None, "steps_to_target": None}
@@ -225,7 +225,7 @@ def _run_setting(spec: dict[str, Any]) -> dict[str, Any]:
     # Steadier timings: stop glibc trimming and re-faulting the heap between batches (see DESIGN.md).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
     env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
-    proc = subprocess.run([sys.executable, "-m", "convscope.bs_sweep", json.dumps(spec)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "convscope.experiments.bs_sweep", json.dumps(spec)], env=env,
                           stdout=subprocess.PIPE, text=True)  # stderr passes through: warnings stay visible
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -235,8 +235,7 @@ def _run_setting(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _n_train(cfg: SweepConfig) -> int:
-    from .experiment import load_data  # the same loader `convscope train` uses: same errors, same data
-
+    # the same loader `convscope train` uses: same errors, same data
     n = len(load_data(cfg.train_config(cfg.batch_sizes[0], out=cfg.out)).train_labels)
     return n if cfg.limit_train is None else min(n, cfg.limit_train)
 

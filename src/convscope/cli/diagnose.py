@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .diagnose import Finding, diagnose, save_findings
-from .runs import load_run
+from convscope.cli.app import console
+
+if TYPE_CHECKING:
+    from convscope.runs.findings import Finding
 
 SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "green"}
 
@@ -27,8 +28,12 @@ def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
 
 def diagnose_command(run: Annotated[str, typer.Argument(help="run folder")]) -> None:
     """Read a run's statistics and print what is wrong, where, since when, and what to change."""
+    from convscope.diagnose import diagnose  # numpy loads only when the command runs
+    from convscope.runs.findings import save_findings
+    from convscope.runs.run import load_run
+
     loaded = load_run(run)
     findings = diagnose(loaded)
     path = save_findings(loaded.path, findings)
-    Console().print(findings_table(findings, title=f"diagnosis of {loaded.path}"))
-    Console().print(f"written to {path}")
+    console.print(findings_table(findings, title=f"diagnosis of {loaded.path}"))
+    console.print(f"written to {path}")

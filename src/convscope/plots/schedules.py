@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
+from convscope.errors import ConfigError
 
 # One colour per suggestion, the same in every figure.
 SUGGESTION_COLORS = {"minimum": "C1", "steep": "C2", "valley": "C3", "slide": "C4", "edge": "C5"}

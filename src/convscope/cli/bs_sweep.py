@@ -11,14 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_options import DataRoot, Dataset, Device
-
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from convscope.cli.app import console, err
+from convscope.cli.options import DataRoot, Dataset, Device
 
 
 def _progress(row: dict[str, Any]) -> None:
-    from .bs_sweep import format_noise_scale as _count
+    from convscope.experiments.bs_sweep import format_noise_scale as _count
 
     if row.get("diverged"):
         err.print(f"bs {row['bs']:>5}: diverged: {row['diverged']}")
@@ -29,7 +27,7 @@ def _progress(row: dict[str, Any]) -> None:
 
 def results_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The sweep's rows as a rich table."""
-    from .bs_sweep import format_noise_scale as _count
+    from convscope.experiments.bs_sweep import format_noise_scale as _count
 
     table = Table(title=title)
     head = ("bs", "lr", "steps", "test acc", "train s", "cpu s", "samples/s", "peak MiB", "final loss",
@@ -72,7 +70,11 @@ def bs_sweep_command(
     gradient noise scale per batch size; writes bs_sweep.json, bs_sweep.png and one run folder per
     setting into the sweep folder; and recommends a batch size.
     """
-    from .bs_sweep import SweepConfig, parse_batch_sizes, run_sweep  # torch loads only when a command runs
+    from convscope.experiments.bs_sweep import (  # torch loads only when a command runs
+        SweepConfig,
+        parse_batch_sizes,
+        run_sweep,
+    )
 
     cfg = SweepConfig(batch_sizes=parse_batch_sizes(bs), epochs=epochs, lr=lr, lr_scaling=lr_scaling,
                       base_bs=base_bs, dataset=dataset, data_root=data_root, seed=seed, device=device, out=out,

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..dist.context import refuse_under_torchrun
-from ..errors import ConfigError
-from ..train.callback import Callback
-from ..train.events import CancelFitException, CancelValidateException
-from .curves import Exponential
-from .suggestions import SUGGESTIONS, Suggestion, edge, suggest
+from convscope.dist.context import refuse_under_torchrun
+from convscope.errors import ConfigError
+from convscope.schedules.curves import Exponential
+from convscope.schedules.suggestions import SUGGESTIONS, Suggestion, edge, suggest
+from convscope.train.callback import Callback
+from convscope.train.events import CancelFitException, CancelValidateException
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..train.learner import Learner
+    from convscope.train.learner import Learner
 
 
 def check_sweep_args(start_lr: float, end_lr: float, num_it: int, repeats: int = 1, beta: float = 0.98) -> None:
@@ -266,7 +266,7 @@ class LRFindResult:
                 "sweeps": [s.to_dict() for s in self.sweeps]}
 
     def plot(self) -> Figure:
-        from ..report.schedule_plots import plot_lr_find
+        from convscope.plots.schedules import plot_lr_find  # matplotlib loads only when a figure is asked for
 
         return plot_lr_find(self)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..train.callback import Callback
-from .context import all_reduce
+from convscope.dist.context import all_reduce
+from convscope.train.callback import Callback
 
 # Ranks must stop at the same step, or one would wait forever in the next all-reduce. They agree on a
 # requested stop every this many steps (one tiny all-reduce and one host read each time).

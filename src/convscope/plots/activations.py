@@ -13,7 +13,7 @@ GUI backend needed on a headless machine, and a returned Figure still displays i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -21,8 +21,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ..errors import ConfigError
-from ..stats.data import ActivationStatsData
+from convscope.errors import ConfigError
+
+if TYPE_CHECKING:  # the figures read its arrays; runs/ imports these figures for its plot methods
+    from convscope.runs.stats_data import ActivationStatsData
 
 __all__ = [
     "color_dim",

@@ -1,7 +1,7 @@
 """Named training recipes: TrainConfig settings to start from (`convscope train --recipe NAME`).
 
     from convscope.config import TrainConfig
-    from convscope.recipes import recipe_settings
+    from convscope.experiments.recipes import recipe_settings
     cfg = TrainConfig(**recipe_settings("fast"))                 # or recipe_settings("fast", epochs=1.5)
 
 book: the fastai book's chapter 13 set-up (simple_cnn + BatchNorm, bs 512, fit_one_cycle(1, 0.06)).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError
+from convscope.errors import ConfigError
 
 RECIPES: dict[str, dict[str, Any]] = {
     "book": {},  # TrainConfig's defaults are the book's

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..dist.context import is_main
-from ..train.callback import Callback
-from .checkpoint import save_checkpoint
-from .store import atomic_save_npz, atomic_write_json, atomic_write_jsonl
+from convscope.dist.context import is_main
+from convscope.runs.checkpoint import save_checkpoint
+from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl
+from convscope.train.callback import Callback
 
 
 class RunSaver(Callback):
@@ -65,7 +65,7 @@ class RunSaver(Callback):
             self.save_checkpoint(*self._position)
         finding = getattr(self.learn.exception, "finding", None)
         if finding is not None and self.writes:
-            from ..diagnose.io import save_findings
+            from convscope.runs.findings import save_findings
 
             save_findings(self.path, [finding])
 
