@@ -77,7 +77,7 @@ def state_of(learn: Learner) -> dict:
                                                for k, s in opt["state"].items()},
         "opt_groups": None if opt is None else [dict(g) for g in opt["param_groups"]],
         "data": {k: v.clone() for k, v in learn.train_data.state_dict().items()},  # incl. the epoch's start
-        "data_next_start": getattr(learn.train_data, "next_start", 0),
+        "data_next_start": getattr(learn.train_data, "_next_start", 0),
         "rng": torch.get_rng_state(),
         "counters": (learn.train_iter, learn.epoch, learn.n_epochs, learn.lr, learn.training),
         "recorder": json.dumps([learn.recorder.steps, learn.recorder.epochs]),

@@ -10,7 +10,7 @@ import torch
 from convscope import TrainConfig, load_run
 from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
-from convscope.runs.checkpoint import load_checkpoint, restore_model
+from convscope.runs.checkpoint import load_checkpoint
 from convscope.train import Callback
 from convscope.train.guard import NonFiniteError, first_nonfinite_layer
 
@@ -41,7 +41,7 @@ def test_injected_nan_is_caught_at_its_step_naming_the_layer(data_dir, tmp_path)
     ckpt = load_checkpoint(run_dir)
     assert (ckpt.epoch, ckpt.train_iter) == (1, 16)
     model = simple_cnn()
-    restore_model(model, ckpt.model, ckpt.path)
+    model.load_state_dict(ckpt.model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     model.eval()
     from convscope.data.batches import normalize_images

@@ -3,16 +3,54 @@
 MNIST is 47 MB as bytes and 188 MB as float32: it fits on any device, so the whole dataset is converted
 and normalised once, and a batch is a single gather (`x[idx]`) with no per-batch decoding, no worker
 processes and no host-to-device copy. Data that does not fit goes through a standard
-`torch.utils.data.DataLoader` instead; the Learner accepts either.
+`torch.utils.data.DataLoader` instead; the Learner accepts either: what it needs is `Batches`, and what
+an exact mid-epoch resume needs on top is `ResumableBatches` (a DataLoader replays the epoch instead).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from convscope.errors import ConfigError
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """What a Learner trains and validates on: an iterable of (inputs, targets) batches whose length is
+    the number of batches per epoch. A `torch.utils.data.DataLoader` is one; `DeviceBatches` is another."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@runtime_checkable
+class ResumableBatches(Batches, Protocol):
+    """Batches whose order can be saved in a checkpoint and continued mid-epoch, exactly (DeviceBatches)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The order's state: enough to replay the current epoch and to draw the next ones."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back exactly what `state_dict` returned."""
+        ...
+
+    def resume_epoch(self, state: dict[str, torch.Tensor], next_batch: int) -> None:
+        """Make the next iteration continue the epoch saved in `state` at batch `next_batch`, yielding
+        batches next_batch, next_batch + 1, ... of that epoch's order."""
+        ...
+
+
+def check_batches(data: Any, what: str) -> None:
+    """Raise ConfigError unless `data` can be trained on. A tensor or a string has a length and iterates,
+    but over rows or characters, not batches: refused too."""
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Batches):
+        raise ConfigError(f"{what} must be batches of (inputs, targets) with a length, such as a "
+                          f"torch.utils.data.DataLoader or convscope.data.batches.DeviceBatches; "
+                          f"got {type(data).__name__}")
 
 
 def normalize_images(images: torch.Tensor, mean: float | None = None, std: float | None = None,
@@ -67,7 +105,7 @@ class DeviceBatches:
         # across devices for the same seed.
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start_state = self.generator.get_state()
-        self.next_start = 0  # first batch the next iteration yields (set when resuming mid-epoch)
+        self._next_start = 0  # first batch the next iteration yields (set by resume_epoch)
 
     def _shard(self) -> tuple[int, int]:
         """Positions [lo, hi) of this rank's slice of the order when not dropping last (validation)."""
@@ -90,7 +128,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
-        start, self.next_start = self.next_start, 0
+        start, self._next_start = self._next_start, 0
         self.epoch_start_state = self.generator.get_state()  # what a mid-epoch checkpoint must save
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
@@ -143,9 +181,9 @@ class DeviceBatches:
         self.generator.set_state(state["generator"])
         self.epoch_start_state = state.get("epoch_start", state["generator"]).clone()
 
-    def resume_epoch(self, state: dict[str, torch.Tensor], skip: int) -> None:
-        """Make the next iteration continue where `state` was saved: mid-epoch (`skip` > 0) replays that
-        epoch's order from batch `skip`; at an epoch boundary the next epoch's order is drawn as it would
-        have been."""
-        self.generator.set_state(state["epoch_start"] if skip else state["generator"])
-        self.next_start = skip
+    def resume_epoch(self, state: dict[str, torch.Tensor], next_batch: int) -> None:
+        """Make the next iteration continue where `state` was saved: mid-epoch (`next_batch` > 0) replays
+        that epoch's order from batch `next_batch`; at an epoch boundary the next epoch's order is drawn as
+        it would have been."""
+        self.generator.set_state(state["epoch_start"] if next_batch else state["generator"])
+        self._next_start = next_batch

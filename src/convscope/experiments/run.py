@@ -21,13 +21,13 @@ from convscope.errors import ConfigError, RunError
 from convscope.experiments.setup import build_batches, build_model, default_run_name, versions
 from convscope.report.html import write_report
 from convscope.runs import load_run
-from convscope.runs.checkpoint import load_checkpoint
+from convscope.runs.checkpoint import load_checkpoint, restore
 from convscope.runs.store import create_run_dir, read_json
 from convscope.stats.activations import ActivationStats
 from convscope.train.callback import Callback
 from convscope.train.ddp import DistributedTrainer
 from convscope.train.freeze import FreezeLayers, check_freeze
-from convscope.train.guard import NonFiniteGuard
+from convscope.train.guard import NonFiniteError, NonFiniteGuard
 from convscope.train.interrupts import GracefulStop, catch_signals
 from convscope.train.learner import Learner
 from convscope.train.progress import ProgressBar
@@ -91,7 +91,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         run_dir = Path(on_main(lambda: create_run_dir(cfg.out, cfg.name or default_run_name(cfg))))
     else:
         run_dir = Path(resume)
-        load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
+        checkpoint = load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
     info["world_size"], info["global_bs"] = dist_info.world_size, cfg.bs * dist_info.world_size
     config = {**cfg.to_dict(), "data": info, "versions": versions(device)}
     stopper = GracefulStop()
@@ -110,6 +110,8 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
     learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
                     cbs=callbacks, device=device)
+    if resume is not None:
+        restore(learn, checkpoint)  # the fit below then continues where the checkpoint stands
     if cfg.compile:
         learn.train_model = compiled(model)
     result = TrainResult(learn, run_dir, cfg)
@@ -117,9 +119,9 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         with catch_signals(stopper):
             if cfg.schedule == "one-cycle":
                 learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.pct_start, div=cfg.div, div_final=cfg.div_final,
-                                    moms=cfg.moms, resume=resume)
+                                    moms=cfg.moms)
             else:
-                learn.fit(cfg.epochs, cfg.lr, resume=resume)
+                learn.fit(cfg.epochs, cfg.lr)
     except BaseException:
         if resume is None and dist_info.is_main:  # a start that failed before writing anything leaves no folder
             _remove_if_empty(run_dir)
@@ -172,9 +174,8 @@ def _remove_if_empty(folder: Path) -> None:
 def finish_run(run_dir: Path, exception: BaseException | None) -> list:
     """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
     findings = diagnose(load_run(run_dir))
-    stopped = getattr(exception, "finding", None)
-    if stopped is not None:
-        findings = [stopped, *(f for f in findings if f.rule != "healthy")]
+    if isinstance(exception, NonFiniteError):  # the guard's finding leads: it says why training stopped
+        findings = [exception.finding, *(f for f in findings if f.rule != "healthy")]
     save_findings(run_dir, findings)
     write_report(run_dir)
     return findings

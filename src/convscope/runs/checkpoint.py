@@ -9,12 +9,15 @@ Layout: <run>/checkpoint/ (newest) and <run>/checkpoint.1/ ... (older, `keep` in
 Nothing is unpickled when loading: tensors come from safetensors, everything else from JSON.
 A new checkpoint is written under a temporary name and renamed into place, so a kill at any moment
 leaves the previous checkpoint whole.
+
+What is saved is a `Learner.state_dict()` taken inside a fit; `Checkpoint.learner_state()` gives it back
+for `Learner.load_state_dict`, and `restore` does both checks and the load. This module knows the
+state's keys, not the Learner.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from convscope.errors import RunError
+from convscope.errors import ConvscopeError, RunError
 from convscope.runs.store import atomic_write_json, read_json
 
 CHECKPOINT = "checkpoint"
@@ -51,6 +54,23 @@ class Checkpoint:
     @property
     def train_iter(self) -> int:
         return int(self.state["train_iter"])
+
+    def learner_state(self) -> dict[str, Any]:
+        """The state as `Learner.state_dict()` returned it when it was saved."""
+        py, npr = self.state["python_rng"], self.state["numpy_rng"]
+        opt = self.state.get("optimizer")
+        data = {k[len("data."):]: v for k, v in self.rng.items() if k.startswith("data.")}
+        return {
+            "model": self.model,
+            "optimizer": _unflatten_optimizer(self.optimizer, opt) if opt else None,
+            "epoch": self.epoch, "batch": self.iter, "train_iter": self.train_iter,
+            "n_epochs": self.state.get("n_epochs", 0),
+            "rng": {"torch": self.rng["torch"],
+                    "cuda": [self.rng[k] for k in sorted(self.rng) if k.startswith("cuda.")],
+                    "python": (py[0], tuple(py[1]), py[2]),
+                    "numpy": (npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4])},
+            "data": data or None,
+        }
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -93,14 +113,16 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
-def save_checkpoint(run_dir: str | Path, learn: Any, epoch: int, next_iter: int, keep: int = 2) -> Path:
-    """Write a checkpoint from which training continues at batch `next_iter` of `epoch`."""
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write `state` (a `Learner.state_dict()` taken inside a fit) as the run's newest checkpoint."""
+    if state.get("epoch") is None:
+        raise ValueError("a checkpoint needs a state taken inside a fit (it has no position)")
     run_dir = Path(run_dir)
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_files(tmp, learn, epoch, next_iter)
+        _write_files(tmp, state)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half checkpoint behind
         raise
@@ -120,24 +142,19 @@ def save_checkpoint(run_dir: str | Path, learn: Any, epoch: int, next_iter: int,
     return current
 
 
-def _write_files(tmp: Path, learn: Any, epoch: int, next_iter: int) -> None:
+def _write_files(tmp: Path, state: dict[str, Any]) -> None:
     """The checkpoint's four files, into the folder `tmp`; state.json last (it marks a whole checkpoint)."""
-    _save_tensors({k: _cpu(v) for k, v in learn.model.state_dict().items()}, tmp / "model.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(learn.opt.state_dict()) if learn.opt is not None else ({}, None)
+    _save_tensors({k: _cpu(v) for k, v in state["model"].items()}, tmp / "model.safetensors")
+    opt_tensors, opt_meta = _flatten_optimizer(state["optimizer"]) if state["optimizer"] is not None else ({}, None)
     _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"cuda.{i}"] = s
-    data_state = getattr(learn.train_data, "state_dict", None)
-    if callable(data_state):
-        rng.update({f"data.{k}": v for k, v in data_state().items()})
+    rng = {"torch": state["rng"]["torch"], **{f"cuda.{i}": s for i, s in enumerate(state["rng"]["cuda"])}}
+    rng.update({f"data.{k}": _cpu(v) for k, v in (state["data"] or {}).items()})
     _save_tensors(rng, tmp / "rng.safetensors")
-    np_state = np.random.get_state()
-    py_state = random.getstate()
+    np_state = state["rng"]["numpy"]
+    py_state = state["rng"]["python"]
     atomic_write_json(tmp / "state.json", {
-        "epoch": epoch, "iter": next_iter, "train_iter": learn.train_iter, "n_epochs": learn.n_epochs,
-        "optimizer": opt_meta,
+        "epoch": state["epoch"], "iter": state["batch"], "train_iter": state["train_iter"],
+        "n_epochs": state["n_epochs"], "optimizer": opt_meta,
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     })
@@ -195,8 +212,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     raise RunError(f"{run_dir} has no usable checkpoint{detail}; it cannot be resumed")
 
 
-def restore_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
-    """Load weights, refusing a checkpoint made for a differently shaped model with a clear message."""
+def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse, with a clear message, weights saved from a differently shaped model."""
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -207,56 +224,18 @@ def restore_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], sour
         if tensor.shape != weights[name].shape:
             raise RunError(f"checkpoint {source} does not fit this model: {name} has shape "
                            f"{tuple(weights[name].shape)} there and {tuple(tensor.shape)} here")
-    model.load_state_dict({k: v.to(own[k].device) for k, v in weights.items()})
 
 
-def restore_learner(learn: Any, ckpt: Checkpoint) -> None:
-    """Put weights, optimizer, RNG streams, data order and counters back as they were when saved."""
-    restore_model(learn.model, ckpt.model, ckpt.path)
+def restore(learn: Any, ckpt: Checkpoint) -> None:
+    """`learn.load_state_dict` from the checkpoint, so that its next fit continues the run: a checkpoint
+    made for another model, or one whose values do not fit (a damaged or hand-edited file, another
+    convscope version), is refused with the checkpoint named."""
+    check_fits(learn.model, ckpt.model, ckpt.path)
     try:
-        _restore_state(learn, ckpt)
+        learn.load_state_dict(ckpt.learner_state(), run_dir=ckpt.path.parent)
+    except ConvscopeError as exc:
+        raise RunError(f"checkpoint {ckpt.path} was made with a different set-up ({exc})") from None
     except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        # Every value used here comes from the checkpoint's files: when one does not fit (a damaged or
-        # hand-edited file, another convscope version), say so instead of showing torch's or numpy's traceback.
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise RunError(f"checkpoint {ckpt.path} cannot be restored ({detail}); it is damaged or was written by "
                        f"another convscope version, an older one may remain in {ckpt.path.name}.1") from None
-
-
-def _match_param_layout(opt: torch.optim.Optimizer) -> None:
-    """Give each optimizer state tensor its parameter's memory layout.
-
-    Checkpoints hold contiguous tensors, and `Optimizer.load_state_dict` keeps the layout it is given. A
-    channels_last parameter would then get a contiguous exp_avg, and the fused AdamW kernel, which walks
-    parameter and state in memory order, would pair the wrong elements.
-    """
-    for p, state in opt.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
-                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-def _restore_state(learn: Any, ckpt: Checkpoint) -> None:
-    if learn.opt is None:
-        learn.create_opt()
-    if ckpt.state.get("optimizer"):
-        sd = _unflatten_optimizer(ckpt.optimizer, ckpt.state["optimizer"])
-        if len(sd["param_groups"]) != len(learn.opt.param_groups):
-            raise RunError(f"checkpoint {ckpt.path} was made with a different optimizer set-up")
-        learn.opt.load_state_dict(sd)
-        _match_param_layout(learn.opt)
-    torch.set_rng_state(ckpt.rng["torch"])
-    cuda = [ckpt.rng[k] for k in sorted(ckpt.rng) if k.startswith("cuda.")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    py = ckpt.state["python_rng"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npr = ckpt.state["numpy_rng"]
-    np.random.set_state((npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4]))
-    data = {k[len("data."):]: v for k, v in ckpt.rng.items() if k.startswith("data.")}
-    if data and hasattr(learn.train_data, "resume_epoch"):
-        learn.train_data.resume_epoch(data, ckpt.iter)
-        learn._skip_batches = 0
-    else:  # a DataLoader: replay the epoch's batches up to the saved position and drop them
-        learn._skip_batches = ckpt.iter
-    learn.train_iter = ckpt.train_iter

@@ -21,7 +21,7 @@ import numpy as np
 from convscope.dist.context import is_main
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats.collector import HistRange, StatsCollector, check_settings
-from convscope.train.callback import Callback
+from convscope.train.callback import Callback, ResumePoint
 
 STATS_FILE = "stats.npz"
 # Defaults chosen with benchmarks/stats_overhead.py (MNIST simple_cnn, bs 512, CPU): see the README.
@@ -101,11 +101,11 @@ class ActivationStats(Callback):
             self._data = self.collector.data()
         return self._data
 
-    def resume_from(self, run_dir: Path, ckpt: Any) -> None:
+    def resume_from_run(self, run_dir: Path, at: ResumePoint) -> None:
         """Continue the statistics of a resumed run: keep the rows recorded before the checkpoint."""
         path = Path(run_dir) / STATS_FILE
         if path.exists():
-            self.collector.restore(ActivationStatsData.load(path), before_step=ckpt.train_iter)
+            self.collector.restore(ActivationStatsData.load(path), before_step=at.train_iter)
 
     def save_to_run(self, run_dir: str | Path) -> None:
         """Write stats.npz into a run folder (RunSaver calls this at every flush point)."""

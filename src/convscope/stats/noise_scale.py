@@ -22,7 +22,6 @@ estimate would blow up.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from convscope.dist.context import all_reduce, current, is_main
 from convscope.errors import ConfigError
 from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
 from convscope.runs.store import atomic_save_npz, read_npz
-from convscope.train.callback import Callback
+from convscope.train.callback import Callback, ResumePoint
 
 ArrayLike = float | np.ndarray
 
@@ -202,11 +201,11 @@ class GradientNoiseScale(Callback):
         self._small = None
         self._recording = False
 
-    def resume_from(self, run_dir: Path, ckpt: Any) -> None:
+    def resume_from_run(self, run_dir: Path, at: ResumePoint) -> None:
         """Continue a resumed run's measurements: keep those made before its checkpoint."""
         saved = read_npz(Path(run_dir) / NOISE_SCALE_FILE)
         if saved:
-            keep = saved["step"] < ckpt.train_iter
+            keep = saved["step"] < at.train_iter
             for key in self._host:
                 self._host[key] = saved[key][keep].tolist()
 

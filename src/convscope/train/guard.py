@@ -22,11 +22,11 @@ from convscope.train.callback import Callback
 
 
 class NonFiniteError(ConvscopeError):
-    """Training produced NaN or Inf; `.finding` describes where (for findings.json)."""
+    """Training produced NaN or Inf; `finding` says where and when, for the run's findings.json."""
 
-    def __init__(self, message: str, finding: object) -> None:
+    def __init__(self, message: str, finding: Finding) -> None:
         super().__init__(message)
-        self.finding = finding
+        self.finding: Finding = finding
 
 
 def first_nonfinite_layer(model: torch.nn.Module, xb: torch.Tensor) -> str | None:
@@ -128,6 +128,9 @@ class NonFiniteGuard(Callback):
 
     def after_train(self) -> None:
         self.check_now()
+
+    def before_checkpoint(self) -> None:
+        self.check_now()  # NaN weights must never become the newest checkpoint
 
     def check_now(self) -> None:
         """Read the window's losses and flags (one host read); raise NonFiniteError if a step went bad."""

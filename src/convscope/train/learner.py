@@ -4,6 +4,10 @@ The loop knows no concrete callback except the Recorder it always adds (and, for
 scheduler that drives the 1cycle curves). Everything else -- statistics, progress bars, run files --
 listens to the events in `events.EVENTS`.
 
+`state_dict()` / `load_state_dict()` hold everything a later fit needs to continue exactly where this one
+stood (weights, optimizer, position, RNG streams, data order): a checkpoint is one of them on disk, and a
+resumed run loads it before calling `fit` with the same arguments.
+
 Host-device syncs are the enemy of a fast GPU loop, so the hot path (`_train_batch`) does none: losses
 stay tensors, metrics are summed on the device and read once per epoch.
 """
@@ -11,18 +15,22 @@ stay tensors, metrics are summed on the device and read once per epoch.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.data.batches import ResumableBatches, check_batches
 from convscope.dist.context import all_reduce
 from convscope.errors import ConfigError
 from convscope.schedules.curves import one_cycle_schedules
-from convscope.train.callback import Callback
+from convscope.train.callback import Callback, ResumePoint
 from convscope.train.events import (
     EVENTS,
     CancelBatchException,
@@ -58,6 +66,15 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float, wd: float = 0.0) -> tor
 OPTIMIZERS: dict[str, OptFactory] = {"adamw": adamw, "adam": adamw, "sgd": sgd}
 
 
+@dataclass(frozen=True)
+class _Resume:
+    """A position loaded by `load_state_dict`, for the next fit to continue from."""
+
+    at: ResumePoint
+    data: dict[str, torch.Tensor] | None  # the data order's state, for ResumableBatches
+    run_dir: Path | None  # where callbacks reload what they saved (resume_from_run)
+
+
 def check_positive(name: str, value: float) -> None:
     if not value > 0:  # also catches NaN
         raise ConfigError(f"{name} must be > 0, got {value!r}")
@@ -66,8 +83,8 @@ def check_positive(name: str, value: float) -> None:
 class Learner:
     """Trains `model` on `train_data`, validates on `valid_data`, and fires events for callbacks.
 
-    `train_data` / `valid_data` are iterables of `(xb, yb)` batches with a length: a
-    `convscope.data.DeviceBatches` (fast, data on the device) or any `torch.utils.data.DataLoader`.
+    `train_data` / `valid_data` are `Batches`: iterables of `(xb, yb)` batches with a length, such as a
+    `convscope.data.batches.DeviceBatches` (fast, data on the device) or any `torch.utils.data.DataLoader`.
     """
 
     def __init__(
@@ -84,6 +101,9 @@ class Learner:
         device: str | torch.device | None = None,
     ) -> None:
         check_positive("lr", lr)
+        check_batches(train_data, "train_data")
+        if valid_data is not None:
+            check_batches(valid_data, "valid_data")
         if isinstance(opt_func, str):
             if opt_func not in OPTIMIZERS:
                 raise ConfigError(f"unknown optimizer {opt_func!r}; choose one of {sorted(OPTIMIZERS)}")
@@ -106,6 +126,10 @@ class Learner:
         self.epoch = 0
         self.n_epochs = 0
         self.valid_results: dict[str, float] = {}
+        # (epoch, batch) of the next training step, i.e. where a resume would continue: inside a fit, and
+        # after one that stopped early (cancelled, interrupted, failed); None after a fit that ran to its end.
+        self.position: tuple[int, int] | None = None
+        self._resume: _Resume | None = None
         self.add_cbs([Recorder(), *cbs])
 
     # ----------------------------------------------------------------- callbacks
@@ -169,17 +193,15 @@ class Learner:
         return float(group["weight_decay"] if name == "wd" else group[name])
 
     # ----------------------------------------------------------------- the loop
-    def fit(self, n_epochs: float, lr: float | None = None, cbs: Sequence[Callback] = (),
-            resume: str | Path | None = None) -> None:
+    def fit(self, n_epochs: float, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
         """Train for `n_epochs` at a constant `lr` (or the learner's `lr`).
 
         `n_epochs` may be fractional (1.5: one epoch, then half of the next, validated at its end);
         the fit takes `round(n_epochs * batches per epoch)` optimizer steps, at least one.
 
         `cbs` are attached for this fit only; afterwards they stay reachable by name.
-        `resume`: a run folder whose checkpoint this fit continues from (same model, data and arguments):
-        weights, optimizer, data order and RNG streams are restored, and training goes on at the next
-        batch as if it had never stopped.
+        After `load_state_dict` of a state taken inside a fit (a checkpoint), this fit continues from that
+        state's position, as if it had never stopped: give it the same arguments as the fit it continues.
         """
         if isinstance(n_epochs, bool) or not isinstance(n_epochs, (int, float)) or not 0 < n_epochs < math.inf:
             raise ConfigError(f"n_epochs must be a number > 0 (fractions allowed), got {n_epochs!r}")
@@ -194,29 +216,33 @@ class Learner:
         self.n_iter = len(self.train_data)
         self.total_steps = max(1, round(n_epochs * self.n_iter))  # optimizer steps in this fit
         self.n_epochs = -(-self.total_steps // self.n_iter)  # epochs started, the last maybe partial
-        start_epoch, self._skip_batches = 0, 0
-        ckpt = None
+        resume, self._resume = self._resume, None
+        start_epoch, self._first_batch = 0, 0
         if resume is not None:
-            from convscope.runs.checkpoint import load_checkpoint, restore_learner
-
-            ckpt = load_checkpoint(resume)
-            if ckpt.epoch > self.n_epochs:
-                raise ConfigError(f"the checkpoint is at epoch {ckpt.epoch + 1}, past this fit's {n_epochs} epochs")
-            restore_learner(self, ckpt)
-            start_epoch = self.epoch = ckpt.epoch
+            steps_before = resume.at.epoch * self.n_iter + resume.at.batch
+            finished = resume.at.epoch == self.n_epochs and resume.at.batch == 0  # saved at the last epoch's end
+            if not finished and (resume.at.epoch >= self.n_epochs or steps_before > self.total_steps):
+                raise ConfigError(f"the checkpoint is at epoch {resume.at.epoch + 1}, past this fit's "
+                                  f"{n_epochs} epochs")
+            start_epoch, self._first_batch = resume.at.epoch, resume.at.batch
+            if resume.data is not None and isinstance(self.train_data, ResumableBatches):
+                self.train_data.resume_epoch(resume.data, resume.at.batch)
+            self.epoch = start_epoch
+        self.position = (start_epoch, self._first_batch)
         temporary = list(cbs)
         self.add_cbs(temporary)
         self._build_handlers()
         self.exception = None
+        completed = False
         try:
             self("before_fit")
-            if ckpt is not None:
+            if resume is not None and resume.run_dir is not None:
                 for cb in sorted(self.cbs, key=lambda c: c.order):
-                    if callable(getattr(cb, "resume_from", None)):
-                        cb.resume_from(Path(resume), ckpt)
+                    cb.resume_from_run(resume.run_dir, resume.at)
             for epoch in range(start_epoch, self.n_epochs):
                 self.epoch = epoch
                 self._do_epoch()
+            completed = True
         except CancelFitException:
             self("after_cancel_fit")
         except BaseException as exc:  # KeyboardInterrupt too: callbacks must still clean up
@@ -232,6 +258,8 @@ class Learner:
                     if cb in self.cbs:
                         self.remove_cb(cb)
                 self.training = False
+                if completed:  # a fit that stopped early keeps its position, for state_dict()
+                    self.position = None
 
     def fit_one_cycle(
         self,
@@ -242,7 +270,6 @@ class Learner:
         div_final: float = 1e5,
         moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
         cbs: Sequence[Callback] = (),
-        resume: str | Path | None = None,
     ) -> None:
         """Leslie Smith's 1cycle: warm up from lr_max/div, train at lr_max, anneal to lr_max/div_final.
 
@@ -250,7 +277,7 @@ class Learner:
         """
         check_positive("lr_max", lr_max)
         scheds = one_cycle_schedules(lr_max, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
-        self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs], resume=resume)
+        self.fit(n_epochs, lr=lr_max, cbs=[ParamScheduler(scheds), *cbs])
 
     def lr_find(self, **kwargs: Any) -> Any:
         """Learning-rate range test; see `convscope.train.lr_finder.lr_find` for the arguments."""
@@ -264,6 +291,7 @@ class Learner:
                 self.validate_epoch()
         except CancelEpochException:
             self("after_cancel_epoch")
+        self.position = (self.epoch + 1, 0)
         self("after_epoch")
 
     def _do_train(self) -> None:
@@ -272,13 +300,15 @@ class Learner:
         self.dl = self.train_data
         try:
             self("before_train")
-            skip, self._skip_batches = self._skip_batches, 0
-            start = getattr(self.train_data, "next_start", 0)  # DeviceBatches resumes mid-epoch by itself
+            first, self._first_batch = self._first_batch, 0  # > 0 only in the first epoch of a resumed fit
+            # ResumableBatches start at the resumed batch by themselves (resume_epoch); a DataLoader cannot
+            # seek, so its epoch is replayed and the batches done before are dropped.
+            start = first if isinstance(self.train_data, ResumableBatches) else 0
             stop = self.total_steps - self.epoch * self.n_iter  # < n_iter only in a fractional last epoch
             for i, (xb, yb) in enumerate(self.train_data, start=start):
                 if i >= stop:
                     break
-                if i < skip:  # a DataLoader cannot seek: replay and drop the batches done before
+                if i < first:
                     continue
                 self.iter = i
                 self.xb, self.yb = self._to_device(xb), self._to_device(yb)
@@ -304,6 +334,7 @@ class Learner:
             self.opt.zero_grad(set_to_none=True)
         except CancelBatchException:
             self("after_cancel_batch")
+        self.position = (self.epoch, self.iter + 1)
         self("after_batch")
 
     def validate_epoch(self) -> None:
@@ -345,9 +376,81 @@ class Learner:
     def _to_device(self, t: Any) -> Any:
         return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
 
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a later fit needs to continue exactly where this learner stands: weights and buffers,
+        the optimizer, the position ("epoch", "batch": see `position`; None when there is no fit to go on), the
+        optimizer steps taken, every RNG stream, and the data order (for ResumableBatches). Tensors are the
+        live ones, as in torch's own state_dicts: copy them to keep a snapshot."""
+        at = self.position if self.position is not None else (
+            (self._resume.at.epoch, self._resume.at.batch) if self._resume is not None else None)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": None if self.opt is None else self.opt.state_dict(),
+            "epoch": None if at is None else at[0],
+            "batch": None if at is None else at[1],
+            "train_iter": self.train_iter,
+            "n_epochs": self.n_epochs,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "python": random.getstate(), "numpy": np.random.get_state()},
+            "data": self.train_data.state_dict() if isinstance(self.train_data, ResumableBatches) else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], run_dir: str | Path | None = None) -> None:
+        """Put back what `state_dict` returned. When the state was taken inside a fit (it has an "epoch"),
+        the next `fit` continues from there; with `run_dir`, that fit also lets every callback reload what
+        it saved in the run folder (`Callback.resume_from_run`)."""
+        model_state = self.model.state_dict()
+        self.model.load_state_dict({k: v.to(model_state[k].device) if k in model_state else v
+                                    for k, v in state["model"].items()})
+        if state.get("optimizer") is not None:
+            if self.opt is None:
+                self.create_opt()
+            if len(state["optimizer"]["param_groups"]) != len(self.opt.param_groups):
+                raise ConfigError("the saved optimizer state has a different number of parameter groups")
+            self.opt.load_state_dict(state["optimizer"])
+            _match_param_layout(self.opt)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        self.train_iter = state["train_iter"]
+        self._resume = None
+        if state.get("epoch") is not None:
+            at = ResumePoint(epoch=state["epoch"], batch=state["batch"], train_iter=state["train_iter"])
+            self._resume = _Resume(at, state.get("data"), None if run_dir is None else Path(run_dir))
+        elif state.get("data") is not None and isinstance(self.train_data, ResumableBatches):
+            self.train_data.load_state_dict(state["data"])
+
+    def bare_copy(self) -> Learner:
+        """A learner on the same model, training data, loss and optimizer (its state included), with no
+        validation data and no callback but its own Recorder: for short side runs, such as the LR finder's
+        sweeps, that must leave this learner's counters, callbacks and Recorder alone."""
+        copy = Learner(self.model, self.train_data, None, loss_func=self.loss_func, opt_func=self.opt_func,
+                       lr=self.lr, wd=self.wd, metrics=(), device=self.device)
+        copy.opt = self.opt  # None: the copy makes its own on its first fit, and this learner keeps none
+        copy.train_model = self.train_model
+        return copy
+
     # ----------------------------------------------------------------- helpers
     @property
     def pct_train(self) -> float:
         """Fraction of this fit's training steps done, in [0, 1)."""
         done = self.epoch * self.n_iter + getattr(self, "iter", 0)
         return done / max(1, self.total_steps)
+
+
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout.
+
+    Saved states hold contiguous tensors, and `Optimizer.load_state_dict` keeps the layout it is given. A
+    channels_last parameter would then get a contiguous exp_avg, and the fused AdamW kernel, which walks
+    parameter and state in memory order, would pair the wrong elements.
+    """
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

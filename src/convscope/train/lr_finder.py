@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
+from convscope.data.batches import DeviceBatches
 from convscope.dist.context import refuse_under_torchrun
 from convscope.errors import ConfigError
 from convscope.schedules.curves import Exponential
@@ -99,106 +101,41 @@ class LRFinder(Callback):
 
 
 # --------------------------------------------------------------------------- saving and restoring
-def _clone(obj: Any) -> Any:
-    """A deep copy whose tensors are clones (state_dict() returns views of the live tensors)."""
-    return copy.deepcopy(obj)
-
-
 @dataclass
 class _Snapshot:
-    """Everything a sweep changes, taken before it and put back after it."""
+    """What a sweep changes in the learner it sweeps on, taken before it and put back after it: the
+    learner's state_dict (weights and BatchNorm statistics, optimizer, RNG streams, data order), and the
+    two things a state_dict leaves out, the modules' train/eval modes and the gradients. The sweep runs
+    on `learn.bare_copy()`, which shares the model, data and optimizer, so the learner's counters,
+    callbacks and Recorder are never touched."""
 
-    model_state: dict[str, torch.Tensor]
+    state: dict[str, Any]
     module_modes: list[bool]
     grads: list[torch.Tensor | None]
-    opt: torch.optim.Optimizer | None
-    opt_state: dict[str, Any] | None
-    data_state: _DataOrder
-    rng_state: torch.Tensor
-    cuda_rng_states: list[torch.Tensor] | None
-    learner_vars: dict[str, Any]
-    cbs: list[Callback]
-    recorder_vars: dict[str, Any] | None
+    loader_generator: torch.Tensor | None  # a DataLoader's own generator (not part of its state_dict)
+
+    @classmethod
+    def take(cls, learn: Learner) -> _Snapshot:
+        gen = _loader_generator(learn.train_data)
+        return cls(state=copy.deepcopy(learn.state_dict()),  # state_dict holds live tensors: copy them
+                   module_modes=[m.training for m in learn.model.modules()],
+                   grads=[None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
+                   loader_generator=None if gen is None else gen.get_state())
+
+    def restore(self, learn: Learner) -> None:
+        learn.load_state_dict(copy.deepcopy(self.state))  # copies in place: the optimizer's parameters stay
+        for m, mode in zip(learn.model.modules(), self.module_modes):
+            m.training = mode
+        for p, g in zip(learn.model.parameters(), self.grads):
+            p.grad = None if g is None else g.clone()
+        if self.loader_generator is not None:
+            _loader_generator(learn.train_data).set_state(self.loader_generator)
 
 
-def _data_generator(data: Any) -> torch.Generator | None:
-    gen = getattr(data, "generator", None)  # DeviceBatches and DataLoader(generator=...) both have one
+def _loader_generator(data: Any) -> torch.Generator | None:
+    """The generator that orders a DataLoader's batches, if it was given one (else torch's RNG does)."""
+    gen = data.generator if isinstance(data, DataLoader) else None
     return gen if isinstance(gen, torch.Generator) else None
-
-
-@dataclass
-class _DataOrder:
-    """What iterating the training data changes: its state_dict (if it has one), its attributes (an
-    iteration reassigns some, e.g. DeviceBatches' epoch_start_state and next_start) and the state of
-    any torch.Generator among them (mutated in place by each shuffle)."""
-
-    state: Any
-    attrs: dict[str, Any]
-    generators: dict[str, torch.Tensor]
-
-
-def _save_data_order(data: Any) -> _DataOrder:
-    attrs = dict(vars(data)) if hasattr(data, "__dict__") else {}  # references only: no copy of the data
-    return _DataOrder(
-        state=_clone(data.state_dict()) if callable(getattr(data, "state_dict", None)) else None,
-        attrs=attrs,
-        generators={k: v.get_state() for k, v in attrs.items() if isinstance(v, torch.Generator)},
-    )
-
-
-def _load_data_order(data: Any, saved: _DataOrder) -> None:
-    if saved.state is not None:
-        data.load_state_dict(_clone(saved.state))
-    for k, v in saved.attrs.items():
-        if getattr(data, k, None) is not v:  # only what changed: a DataLoader refuses some reassignments
-            setattr(data, k, v)
-    for k, state in saved.generators.items():
-        getattr(data, k).set_state(state)  # otherwise the order comes from torch's RNG, restored too
-
-
-def _take_snapshot(learn: Learner) -> _Snapshot:
-    model = learn.model
-    recorder = getattr(learn, "recorder", None)
-    return _Snapshot(
-        model_state=_clone(model.state_dict()),  # incl. BN running stats and num_batches_tracked
-        module_modes=[m.training for m in model.modules()],
-        grads=[None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        opt=learn.opt,
-        opt_state=None if learn.opt is None else _clone(learn.opt.state_dict()),
-        data_state=_save_data_order(learn.train_data),
-        rng_state=torch.get_rng_state(),
-        cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        # Plain attributes (counters, lr, last batch...); callbacks and the model are handled above.
-        learner_vars={k: v for k, v in vars(learn).items() if not isinstance(v, Callback)},
-        cbs=list(learn.cbs),
-        recorder_vars=None if recorder is None else
-        {k: _clone(v) for k, v in vars(recorder).items() if k != "learn"},
-    )
-
-
-def _restore(learn: Learner, snap: _Snapshot) -> None:
-    model = learn.model
-    model.load_state_dict(snap.model_state)  # copies in place: the optimizer's parameters stay the same
-    for m, mode in zip(model.modules(), snap.module_modes):
-        m.training = mode
-    for p, g in zip(model.parameters(), snap.grads):
-        p.grad = None if g is None else g.clone()
-    if snap.opt is not None:
-        snap.opt.load_state_dict(_clone(snap.opt_state))
-    _load_data_order(learn.train_data, snap.data_state)
-    torch.set_rng_state(snap.rng_state)
-    if snap.cuda_rng_states is not None:
-        torch.cuda.set_rng_state_all(snap.cuda_rng_states)
-    # Attributes the sweep added (n_iter, xb, loss, ...) go; the ones it changed come back.
-    for k in [k for k, v in vars(learn).items() if k not in snap.learner_vars and not isinstance(v, Callback)]:
-        delattr(learn, k)
-    for k, v in snap.learner_vars.items():
-        setattr(learn, k, v)
-    learn.opt = snap.opt  # None again if the sweep had to create one
-    learn.cbs[:] = snap.cbs
-    if snap.recorder_vars is not None:
-        for k, v in snap.recorder_vars.items():
-            setattr(learn.recorder, k, _clone(v))
 
 
 # --------------------------------------------------------------------------- results
@@ -319,17 +256,11 @@ def recommend(result: LRFindResult) -> tuple[float, str]:
 # --------------------------------------------------------------------------- the sweep
 def _set_order(learn: Learner, seed: int) -> None:
     """Give this repeat its own batch order."""
-    gen = _data_generator(learn.train_data)
+    data = learn.train_data
+    gen = data.generator if isinstance(data, DeviceBatches) else _loader_generator(data)
     if gen is not None:
         gen.manual_seed(seed)
     torch.manual_seed(seed)  # a DataLoader without a generator draws its order from torch's RNG
-
-
-def _one_sweep(learn: Learner, finder: LRFinder) -> None:
-    n_iter = len(learn.train_data)
-    if n_iter == 0:
-        raise ConfigError("the training data yields no batch: is the batch size larger than the data?")
-    learn.fit(-(-finder.num_it // n_iter), cbs=[finder])  # enough epochs for num_it steps
 
 
 def lr_find(learn: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
@@ -338,27 +269,32 @@ def lr_find(learn: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
     back exactly as it was.
 
     The first sweep uses the data's own next batch order (what the next fit would see); sweep r >= 1
-    reseeds the order with `seed + r`. Other callbacks attached to the learner (run savers, statistics,
-    progress bars) are not called during the sweep, and the Recorder keeps its contents.
+    reseeds the order with `seed + r`. The learner's callbacks (run savers, statistics, progress bars,
+    its Recorder) see nothing of the sweep; afterwards the last LRFinder is reachable as `learn.lr_finder`.
     """
     refuse_under_torchrun("lr_find")
     check_sweep_args(start_lr, end_lr, num_it, repeats, beta)
-    snap = _take_snapshot(learn)
-    sweeps = []
+    n_iter = len(learn.train_data)
+    if n_iter == 0:
+        raise ConfigError("the training data yields no batch: is the batch size larger than the data?")
+    snap = _Snapshot.take(learn)
+    sweeps, finder = [], None
     try:
         for r in range(repeats):
-            _restore(learn, snap)
-            learn.cbs[:] = []  # the sweep is not training: no saver, stats or recorder
+            snap.restore(learn)
             order_seed = None if r == 0 else seed + r
             if order_seed is not None:
                 _set_order(learn, order_seed)
             finder = LRFinder(start_lr, end_lr, num_it, stop_div, beta)
-            _one_sweep(learn, finder)
+            learn.bare_copy().fit(-(-num_it // n_iter), cbs=[finder])  # enough epochs for num_it steps
             lrs, losses, raw = np.array(finder.lrs), np.array(finder.losses), np.array(finder.raw_losses)
             sweeps.append(Sweep(lrs, losses, raw, suggest(lrs, losses, num_it), edge(lrs, raw),
                                 finder.stop_reason, order_seed))
     finally:
-        _restore(learn, snap)
+        snap.restore(learn)
+        if finder is not None:  # reachable by name like any callback of the learner, but not attached
+            learn.add_cb(finder)
+            learn.remove_cb(finder)
     settings = {"start_lr": start_lr, "end_lr": end_lr, "num_it": num_it, "stop_div": stop_div,
                 "repeats": repeats, "beta": beta, "seed": seed, "suggestions": list(SUGGESTIONS)}
     return LRFindResult(sweeps, settings)

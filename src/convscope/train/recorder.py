@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from convscope.dist.context import all_reduce, current
 from convscope.runs.store import read_jsonl, read_npz
-from convscope.train.callback import Callback
+from convscope.train.callback import Callback, ResumePoint
 
 
 class Recorder(Callback):
@@ -73,13 +72,13 @@ class Recorder(Callback):
         # this rank's own: the other ranks may be gone).
         self._flush_losses(combine=self.learn.exception is None)
 
-    def resume_from(self, run_dir: Path, ckpt: Any) -> None:
+    def resume_from_run(self, run_dir: Path, at: ResumePoint) -> None:
         """Reload the steps and epochs recorded before the checkpoint (later rows were never confirmed)."""
         steps = read_npz(run_dir / "steps.npz")
-        keep = steps["step"] < ckpt.train_iter if steps else []
+        keep = steps["step"] < at.train_iter if steps else []
         for key in self.steps:
             self.steps[key] = steps[key][keep].tolist() if steps else []
-        self.epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] < ckpt.epoch]
+        self.epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] < at.epoch]
 
     # ----------------------------------------------------------------- views
     def step_arrays(self) -> dict[str, np.ndarray]:
