@@ -299,6 +299,27 @@ def no_cuda(case: Case) -> None:
     case.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@setup("no-data-anywhere-and-offline")
+def offline(case: Case) -> None:
+    import dataclasses
+    import socket
+
+    from convscope.data import sources
+
+    case.monkeypatch.delenv("CONVSCOPE_DATA")
+    with socket.socket() as s:  # a port that was just free: nothing listens there, connecting is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = sources.DATASETS["mnist"]
+    mirrors = tuple(f"http://127.0.0.1:{port}/{i}/" for i in range(len(spec.mirrors)))
+    case.monkeypatch.setitem(sources.DATASETS, "mnist", dataclasses.replace(spec, mirrors=mirrors))
+
+    def only_cache_folder_made(before: dict[str, str], after: dict[str, str]) -> None:
+        assert after == {**before, "cache/": "dir", "cache/mnist/": "dir"}
+
+    case.check = only_cache_folder_made
+
+
 @setup("run-folder-exists", "resume-with-a-mismatched-model")
 def with_run(case: Case) -> None:
     case.copy_run()

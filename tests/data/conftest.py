@@ -1,13 +1,12 @@
 """Shared fixtures for the data tests: the real MNIST / Fashion-MNIST files and an isolated environment.
 
-The real files live in `shared/data` beside the repository (override with CONVSCOPE_TEST_DATA). Tests
-that need them are skipped, with the reason, when they are absent.
+The real files are found as tests/conftest.py says (CONVSCOPE_TEST_DATA, else CONVSCOPE_DATA, else
+`shared/data` beside the repository); tests that need them skip, with the reason, when they are absent.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,44 +14,21 @@ import pytest
 
 from convscope.data import read_mnist_pair
 
-FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-
-def _data_root() -> Path:
-    env = os.environ.get("CONVSCOPE_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
-def data_root() -> Path:
+def data_root(real_data) -> Path:
     """The folder holding mnist/ and fashion-mnist/ with the real published .gz files."""
-    root = _data_root()
-    if not root.is_dir():
-        pytest.skip(f"real test data not found at {root}; set CONVSCOPE_TEST_DATA to the shared/data folder")
-    return root
-
-
-def _dataset_dir(data_root: Path, name: str) -> Path:
-    folder = data_root / name
-    missing = [f for f in FILES if not (folder / f).is_file()]
-    if missing:
-        pytest.skip(f"{folder} lacks {', '.join(missing)}; set CONVSCOPE_TEST_DATA to the shared/data folder")
-    return folder
+    return real_data("mnist", "fashion-mnist")
 
 
 @pytest.fixture(scope="session")
-def mnist_dir(data_root: Path) -> Path:
-    return _dataset_dir(data_root, "mnist")
+def mnist_dir(real_data) -> Path:
+    return real_data("mnist") / "mnist"
 
 
 @pytest.fixture(scope="session")
-def fashion_dir(data_root: Path) -> Path:
-    return _dataset_dir(data_root, "fashion-mnist")
+def fashion_dir(real_data) -> Path:
+    return real_data("fashion-mnist") / "fashion-mnist"
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import socket
+import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convscope.data import DATASETS, MnistData, cache_dir, download_dataset, find_dataset, load_dataset
+from convscope.data import DATASETS, MnistData, cache_dir, download_dataset, find_dataset, load_dataset, sources
 from convscope.errors import DataError, DownloadError
 
 FILES = (
@@ -346,11 +348,75 @@ def test_bad_mirror_alone_raises_and_leaves_nothing(
     _assert_empty(dest)
 
 
-def test_connection_refused(tmp_path: Path, closed_port_url: str) -> None:
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every back-off sleep between two tries at one mirror (one entry per retry)."""
+    slept: list[float] = []
+    monkeypatch.setattr(sources.time, "sleep", slept.append)
+    return slept
+
+
+def test_connection_refused_is_not_retried(tmp_path: Path, closed_port_url: str, sleeps: list[float]) -> None:
+    # Nothing listens there (a mirror gone, or offline): a retry a second later would only delay the error.
     dest = tmp_path / "dl"
-    with pytest.raises(DownloadError, match=r"connection refused after 2 tries"):
-        _download("mnist", dest, [closed_port_url], retries=2)
+    with pytest.raises(DownloadError) as info:
+        _download("mnist", dest, [closed_port_url, closed_port_url.replace("/mnist/", "/other/")], retries=3)
+    assert str(info.value).count("connection refused;") == 2 and "tries" not in str(info.value)
+    assert sleeps == []
     _assert_empty(dest)
+
+
+def test_name_that_does_not_resolve_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sleeps: list[float]
+) -> None:
+    # Offline, the resolver fails every name at once; it is made to here, so no real DNS server is asked.
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    mirrors = ["http://mirror-a.invalid/mnist/", "http://mirror-b.invalid/mnist/"]
+    with pytest.raises(DownloadError) as info:
+        _download("mnist", tmp_path / "dl", mirrors, retries=3)
+    assert str(info.value).count("temporary failure in name resolution;") == 2 and sleeps == []
+
+
+def test_offline_failure_names_every_way_to_supply_the_files(
+    isolated_env: Path, closed_port_url: str
+) -> None:
+    with pytest.raises(DownloadError) as info:
+        find_dataset("mnist", mirrors=[closed_port_url])
+    msg = str(info.value)
+    assert msg.startswith(f"could not download mnist/train-images-idx3-ubyte.gz: {closed_port_url}")
+    assert "--data-root" in msg and "CONVSCOPE_DATA" in msg and str(isolated_env / "mnist") in msg
+    assert "\n" not in msg
+
+
+def test_download_on_a_terminal_shows_a_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, server: _Server, tmp_path: Path, mnist_dir: Path
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.delenv("TERM", raising=False)  # a TERM=dumb from the test runner would turn the bar off
+    _download("mnist", tmp_path / "dl", [server.url("good")])
+    _assert_same_as_source(tmp_path / "dl", mnist_dir)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())  # without the cursor/colour codes
+    for name, size in zip(FILES, ("9.9/9.9 MB", "28.9/28.9 kB", "1.6/1.6 MB", "4.5/4.5 kB")):
+        assert re.search(rf"mnist/{re.escape(name)} .* {size} .* verified", shown), (name, shown[-800:])
+
+
+def test_download_elsewhere_prints_one_line_per_file(
+    capsys: pytest.CaptureFixture[str], server: _Server, tmp_path: Path
+) -> None:
+    _download("mnist", tmp_path / "dl", [server.url("good")])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"downloaded mnist/{name} ({size / 1e6:.1f} MB) from {server.url('good')}{name}, checksums "
+                     "verified" for name, size in zip(FILES, (9912422, 28881, 1648877, 4542))]
+    _download("mnist", tmp_path / "quiet", [server.url("good")], progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_every_mirror_reason_is_listed(server: _Server, tmp_path: Path, closed_port_url: str) -> None:

@@ -24,4 +24,5 @@ def summary_command(
 
     model = simple_cnn(channels=parse_ints(channels, "--channels"), in_channels=in_channels,
                        first_kernel=first_kernel, bn=bn, head=head, image_size=input_size)
-    console.print(str(model_summary(model, (in_channels, input_size, input_size))))
+    # soft_wrap: the table's lines stay whole (rich would break them at 80 columns in a pipe or a file)
+    console.print(str(model_summary(model, (in_channels, input_size, input_size))), soft_wrap=True)

@@ -7,17 +7,20 @@ Search order in `find_dataset` (first complete folder wins):
    error, never a silent download;
 2. `$CONVSCOPE_DATA/<name>/`;
 3. the user cache `<cache_dir()>/<name>/`;
-4. a download into that cache folder (unless `download=False`).
+4. a download into that cache folder (unless `download=False`), with a progress bar on a terminal.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
 import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from convscope.data.idx import read_mnist_pair
+from convscope.data.progress import DownloadDisplay
 from convscope.errors import DataError, DownloadError
 
 __all__ = [
@@ -192,16 +196,21 @@ def download_dataset(
     dest: str | Path,
     mirrors: list[str] | None = None,
     retries: int = 3,
-    timeout: float = 30.0,
+    timeout: float = 10.0,
     backoff: float = 1.0,
+    progress: bool = True,
 ) -> Path:
     """Download the four files of dataset `name` into `dest`, verified by size, MD5 and SHA-256.
 
-    Each file is tried at each mirror in turn, up to `retries` times per mirror when the failure may be
-    transient (network error, timeout, HTTP 5xx/429, short transfer), sleeping `backoff * 2**attempt`
-    seconds in between. A file is streamed into `dest/.<file>.part-<pid>` and moved into place only once
-    verified; on any failure that temporary file is removed. Files already present and verified are kept.
-    Raises `DownloadError` listing each mirror's reason when no mirror yields a good copy.
+    Each file is tried at each mirror in turn, up to `retries` times per mirror when the mirror answered
+    but the failure may be transient (HTTP 5xx/429, connection reset, a stall of `timeout` seconds once
+    connected, short transfer), sleeping `backoff * 2**attempt` seconds in between. A mirror that cannot
+    be reached (name not resolved, connection refused, network unreachable, no connection within
+    `timeout`) is not tried again: offline, retrying only delays the error. A file is streamed into
+    `dest/.<file>.part-<pid>` and moved into place only once verified; on any failure that temporary file
+    is removed. Files already present and verified are kept. `progress`: a bar on stderr when it is a
+    terminal, else one line per file downloaded. Raises `DownloadError` (one line: each mirror's reason,
+    and the ways to supply the files by hand) when no mirror yields a good copy.
     """
     spec = _spec(name)
     dest = Path(dest).expanduser()
@@ -214,6 +223,7 @@ def download_dataset(
     if not bases:
         raise DownloadError(f"{spec.name}: no mirrors given; pass at least one base URL")
 
+    wanted = []
     for role in ROLES:
         file = spec.files[role]
         final = dest / file.filename
@@ -223,7 +233,11 @@ def download_dataset(
             if _verify_file(final, file) is None:
                 continue
             log.warning("%s fails verification; downloading it again", final)
-        _download_file(spec.name, file, final, bases, retries, timeout, backoff)
+        wanted.append(file)
+    if wanted:
+        with DownloadDisplay(show=progress) as display:
+            for file in wanted:
+                _download_file(spec.name, file, dest / file.filename, bases, retries, timeout, backoff, display)
     return dest
 
 
@@ -336,6 +350,9 @@ def _from_root(name: str, root: Path) -> Path:
 class _Failure(Exception):
     """One failed attempt; `transient` says whether trying the same mirror again could help."""
 
+    # Errors of reaching the server at all: offline or mirror gone. Trying again in a second does not help.
+    UNREACHABLE = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
+
     def __init__(self, reason: str, transient: bool) -> None:
         super().__init__(reason)
         self.transient = transient
@@ -349,16 +366,22 @@ def _download_file(
     retries: int,
     timeout: float,
     backoff: float,
+    display: DownloadDisplay,
 ) -> None:
     reasons = []
+    label = f"{dataset}/{file.filename}"
+    task = display.add(label, file.size)
     for base in bases:
         url = base.rstrip("/") + "/" + file.filename
         for attempt in range(max(1, retries)):
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
+            host = urllib.parse.urlsplit(url).netloc
+            display.attempt(task, f"try {attempt + 1} at {host}" if attempt else host)
             try:
-                _fetch_verified(url, file, final, timeout)
+                _fetch_verified(url, file, final, timeout, lambda n: display.advance(task, n))
                 log.info("downloaded %s from %s", final.name, url)
+                display.done(task, label, file.size, url)
                 return
             except _Failure as failure:
                 reason = str(failure)
@@ -366,17 +389,20 @@ def _download_file(
                     break
         tries = f" after {attempt + 1} tries" if attempt else ""
         reasons.append(f"{url}: {reason}{tries}")
+    display.failed(task)
+    # One line that says what failed and every way to go on without the network.
     raise DownloadError(
-        f"could not download {dataset}/{file.filename}: {'; '.join(reasons)}; check the network or download "
-        f"it by hand into {final.parent}"
+        f"could not download {label}: {'; '.join(reasons)}; check the network, or supply the four {dataset} "
+        f"files yourself: pass --data-root FOLDER (root= in Python), set CONVSCOPE_DATA to a folder holding "
+        f"{dataset}/, or put them in {final.parent}"
     )
 
 
-def _fetch_verified(url: str, file: DatasetFile, final: Path, timeout: float) -> None:
+def _fetch_verified(url: str, file: DatasetFile, final: Path, timeout: float, on_chunk: Any) -> None:
     """Stream `url` into a temp file beside `final`, verify it, then move it into place atomically."""
     part = final.with_name(f".{final.name}.part-{os.getpid()}")
     try:
-        md5, sha, size = _stream(url, part, file.size, timeout)
+        md5, sha, size = _stream(url, part, file.size, timeout, on_chunk)
         if size < file.size:
             raise _Failure(f"truncated: got {size} of {file.size} bytes", transient=True)
         if md5.hexdigest() != file.md5 or sha.hexdigest() != file.sha256:
@@ -387,7 +413,7 @@ def _fetch_verified(url: str, file: DatasetFile, final: Path, timeout: float) ->
         part.unlink(missing_ok=True)
 
 
-def _stream(url: str, part: Path, expected: int, timeout: float) -> tuple[Any, Any, int]:
+def _stream(url: str, part: Path, expected: int, timeout: float, on_chunk: Any) -> tuple[Any, Any, int]:
     md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
@@ -398,12 +424,15 @@ def _stream(url: str, part: Path, expected: int, timeout: float) -> tuple[Any, A
                 md5.update(chunk)
                 sha.update(chunk)
                 out.write(chunk)
+                on_chunk(len(chunk))
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the open response
         transient = exc.code >= 500 or exc.code in (408, 429)
         raise _Failure(f"HTTP {exc.code} {exc.reason}", transient=transient) from None
-    except urllib.error.URLError as exc:
-        raise _Failure(_describe(exc.reason), transient=True) from None
+    except urllib.error.URLError as exc:  # urllib raises it while connecting and sending the request
+        reason = f"no connection within {timeout:g} s" if isinstance(exc.reason, TimeoutError) \
+            else _describe(exc.reason)
+        raise _Failure(reason, transient=not _unreachable(exc.reason)) from None
     except TimeoutError:
         raise _Failure(f"timed out after {timeout:g} s", transient=True) from None
     except OSError as exc:  # connection reset, disk full writing the part file
@@ -413,6 +442,13 @@ def _stream(url: str, part: Path, expected: int, timeout: float) -> tuple[Any, A
     except ValueError as exc:  # urllib's "unknown url type" and friends: retrying cannot help
         raise _Failure(f"bad URL ({exc})", transient=False) from None
     return md5, sha, size
+
+
+def _unreachable(reason: object) -> bool:
+    """Whether `reason` (a URLError's) says the server could not be reached at all (a timeout there is one
+    of connecting: a server that stalls after that raises a bare TimeoutError, which is retried)."""
+    return isinstance(reason, (socket.gaierror, TimeoutError)) or (
+        isinstance(reason, OSError) and reason.errno in _Failure.UNREACHABLE)
 
 
 def _describe(reason: object) -> str:
