@@ -10,7 +10,6 @@ from typing import Any
 from convscope.errors import ConfigError
 
 SCHEDULES = ("one-cycle", "constant")
-KNOWN_DATASETS = ("mnist", "fashion-mnist")
 
 
 @dataclass

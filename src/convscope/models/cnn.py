@@ -15,15 +15,14 @@ names that say where in the network a number comes from instead of "0.0".
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
 from convscope.errors import ConfigError
 
-__all__ = ["MODELS", "conv_block", "create_model", "simple_cnn"]
+__all__ = ["conv_block", "simple_cnn"]
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -140,25 +139,3 @@ def simple_cnn(
     blocks.append((f"conv{len(channels) + 1}", last))
     blocks.append(("flatten", nn.Flatten()))
     return nn.Sequential(OrderedDict(blocks))
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"simple_cnn": simple_cnn}
-
-
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model by name, e.g. `create_model("simple_cnn", channels=(16, 32))`.
-
-    Raises:
-        ConfigError: unknown name (the message lists the known ones) or bad keyword arguments.
-    """
-    if name not in MODELS:
-        known = ", ".join(sorted(MODELS))
-        raise ConfigError(f"unknown model {name!r}; known models: {known}")
-    factory = MODELS[name]
-    # Bind first, so a misspelt option from a config file is a ConfigError while a TypeError raised
-    # inside the factory (a bug) keeps its traceback.
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"bad arguments for model {name!r}: {e}") from e
-    return factory(**kwargs)
