@@ -13,7 +13,7 @@ from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, parse_i
 from convscope.errors import ConfigError, ConvscopeError
 
 
-def parse_freeze(text: str) -> dict[str, float]:
+def _parse_freeze(text: str) -> dict[str, float]:
     """'conv1=0.5,conv2=0.8' -> {'conv1': 0.5, 'conv2': 0.8}; 'none' -> {}."""
     if text.strip().lower() == "none":
         return {}
@@ -86,7 +86,7 @@ def train_command(
     else:
         given = {"epochs": epochs, "lr": lr, "bs": bs, "crop": crop, "shift": shift,
                  "channels": None if channels is None else parse_ints(channels, "--channels"),
-                 "freeze": None if freeze is None else parse_freeze(freeze)}
+                 "freeze": None if freeze is None else _parse_freeze(freeze)}
         settings = {**recipe_settings(recipe), **{k: v for k, v in given.items() if v is not None}}
         if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
             settings["epochs"] = int(settings["epochs"])

@@ -14,7 +14,7 @@ from convscope.errors import ConfigError
 from convscope.dist.context import launched_by_torchrun
 
 
-def without_option(argv: list[str], option: str) -> list[str]:
+def _without_option(argv: list[str], option: str) -> list[str]:
     """`argv` minus `option VALUE` / `option=VALUE`."""
     out, skip = [], False
     for arg in argv:
@@ -47,7 +47,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "convscope",
-                                         *without_option(argv, "--nproc")])
+                                         *_without_option(argv, "--nproc")])
     try:
         run(args)
     except SignalException as exc:  # Ctrl-C / SIGTERM: torchrun passed it on; process 0 printed how to resume

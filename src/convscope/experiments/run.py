@@ -111,7 +111,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
                     cbs=callbacks, device=device)
     if cfg.compile:
-        learn.train_model = compiled(model)
+        learn.train_model = _compiled(model)
     result = TrainResult(learn, run_dir, cfg)
     try:
         with catch_signals(stopper):
@@ -132,7 +132,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         late = dist_info.distributed and stopper.signum is not None
         if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main \
                 and not late:
-            result.findings = finish_run(run_dir, learn.exception)
+            result.findings = _finish_run(run_dir, learn.exception)
     return result
 
 
@@ -153,7 +153,7 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     return replace(cfg, bs=global_bs // world_size)
 
 
-def compiled(model: nn.Module) -> nn.Module:
+def _compiled(model: nn.Module) -> nn.Module:
     """torch.compile(model), or the model itself (with a warning) where compiling is not possible here."""
     try:
         return torch.compile(model)
@@ -169,7 +169,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def finish_run(run_dir: Path, exception: BaseException | None) -> list:
+def _finish_run(run_dir: Path, exception: BaseException | None) -> list:
     """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
     findings = diagnose(load_run(run_dir))
     stopped = getattr(exception, "finding", None)

@@ -36,11 +36,11 @@ from convscope.runs.store import atomic_write_bytes, read_json
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
 
 REPORT_FILE = "report.html"
-DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEVERITY_ORDER = ("high", "medium", "low", "info")  # diagnose/findings.py SEVERITIES, worst first
 
-CSS = """
+_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1300px;
        padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
@@ -118,7 +118,7 @@ def _figure(make: Callable[[], Figure], alt: str) -> str:
         return _note(f"{alt}: {exc}")
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=DPI)
+        fig.savefig(buf, format="png", dpi=_DPI)
     finally:
         fig.clf()  # drop the artists now: a report renders dozens of figures
     return _img(buf.getvalue(), alt)
@@ -174,7 +174,7 @@ def _findings_table(findings: list[dict[str, Any]], with_layer: bool = True) -> 
 
 def _embedded_png(path: Path, alt: str) -> str:
     data = path.read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
+    if not data.startswith(_PNG_SIGNATURE):
         return _note(f"{path.name} is not a PNG image; not shown")
     return _img(data, alt)
 
@@ -307,7 +307,7 @@ def render_report(run: Run) -> str:
                  f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>{_e(title)} - convscope report</title><style>{CSS}</style></head>\n<body>\n"
+            f"<title>{_e(title)} - convscope report</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
 
 

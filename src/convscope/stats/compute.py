@@ -53,7 +53,7 @@ def channels_innermost(x: torch.Tensor) -> bool:
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     """x's elements as a 1-d view in memory order, when x is dense (contiguous or channels_last), else None.
 
     The statistics other than dead channels ignore element order, and a 1-d view needs no copy where
@@ -103,7 +103,7 @@ def bin_positions(x: torch.Tensor, n: int, lo: float, hi: float, out: torch.Tens
     return torch.add(shift, x, alpha=scale, out=out).clamp_(0, n + 1)
 
 
-def bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`bin_positions` as integers, by default bytes where n + 2 <= 256 (4x less memory traffic for
     counting), else int32. (The cast truncates, which is the floor here: positions are >= 0.)"""
     return bin_positions(x, n, lo, hi).to(dtype or (torch.uint8 if n + 1 < 256 else torch.int32))
@@ -118,7 +118,7 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     if x.device.type == "cuda":  # no host sync: histc sizes its output from its arguments
         inner = torch.histc(x, n, lo, hi).long()
         return torch.cat([(x < lo).sum().view(1), inner, (x > hi).sum().view(1)])
-    return torch.bincount(bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
+    return torch.bincount(_bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
 
 
 def float_values(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +127,7 @@ def float_values(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
-    flat = in_memory_order(x)
+    flat = _in_memory_order(x)
     return x, (x.reshape(-1) if flat is None else flat)
 
 

@@ -170,7 +170,7 @@ class DeviceRowBatch(RowBatch):
         # Per layer: (elements, channels, elements per channel block): in memory order the channel of
         # value j is (j // block) % channels (block 1 when channels are innermost).
         self.shapes: dict[int, tuple[int, int, int]] = {}
-        self._plans: dict[tuple, RowPlan] = {}
+        self._plans: dict[tuple, _RowPlan] = {}
 
     def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
         x, flat = float_values(x)
@@ -208,7 +208,7 @@ class DeviceRowBatch(RowBatch):
         self.shapes = {}
         return counts, dead, sums
 
-    def _plan(self, layers: list[int], device: torch.device) -> RowPlan:
+    def _plan(self, layers: list[int], device: torch.device) -> _RowPlan:
         shapes = tuple(self.shapes[i] for i in layers)
         key = (tuple(layers), shapes)
         if key not in self._plans:  # once per set of layer shapes: these host-to-device copies sync on a GPU
@@ -218,7 +218,7 @@ class DeviceRowBatch(RowBatch):
                 channel_pos.append(local.float() + (first + 0.5))
                 bin_start.append(torch.full((n,), j * self.width + 0.5, device=device))
                 first += c
-            self._plans[key] = RowPlan(
+            self._plans[key] = _RowPlan(
                 offsets=torch.tensor([0] + [n for n, _, _ in shapes], device=device).cumsum(0),
                 bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos),
                 channel_offsets=torch.tensor([0] + [c for _, c, _ in shapes], device=device).cumsum(0),
@@ -227,7 +227,7 @@ class DeviceRowBatch(RowBatch):
 
 
 @dataclass(frozen=True)
-class RowPlan:
+class _RowPlan:
     """Index tensors for one set of layer shapes (DeviceRowBatch): where each layer's values start in the
     concatenated row, each value's first bin (+0.5), each value's channel (+0.5, numbered across the
     layers), and where each layer's channels start."""
