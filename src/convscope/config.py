@@ -10,6 +10,9 @@ from typing import Any
 from convscope.errors import ConfigError
 
 SCHEDULES = ("one-cycle", "constant")
+# The optimizers `opt` may name; train/learner.py holds their factories, keyed by these names (config sits
+# below train, so the names live here, where both can see them).
+OPTIMIZER_NAMES = ("adamw", "sgd")
 
 
 @dataclass
@@ -77,8 +80,8 @@ class TrainConfig:
             raise ConfigError(f"moms must be three numbers in [0, 1) (start, middle, end), got {self.moms!r}")
         if self.head not in ("conv", "linear"):
             raise ConfigError(f"unknown head {self.head!r}; choose conv or linear")
-        if self.opt not in ("adamw", "sgd"):
-            raise ConfigError(f"unknown optimizer {self.opt!r}; choose adamw or sgd")
+        if self.opt not in OPTIMIZER_NAMES:
+            raise ConfigError(f"unknown optimizer {self.opt!r}; choose {' or '.join(OPTIMIZER_NAMES)}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (isinstance(self.wd, (int, float)) and math.isfinite(self.wd) and self.wd >= 0):
