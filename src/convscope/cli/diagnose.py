@@ -12,6 +12,7 @@ from convscope.cli.app import console
 if TYPE_CHECKING:
     from convscope.runs.findings import Finding
 
+# One colour per runs.findings.SEVERITIES (not imported here: the command loads it only when it runs).
 _SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "green"}
 
 

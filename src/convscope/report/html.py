@@ -29,6 +29,7 @@ from convscope._version import __version__
 from convscope.errors import ConvscopeError, RunError
 from convscope.plots import activations as plots
 from convscope.plots.schedules import plot_lr_find, plot_schedule
+from convscope.runs.findings import SEVERITIES
 from convscope.runs.run import Run, load_run
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import atomic_write_bytes, read_json
@@ -38,7 +39,8 @@ __all__ = ["REPORT_FILE", "render_report", "write_report"]
 REPORT_FILE = "report.html"
 _DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SEVERITY_ORDER = ("high", "medium", "low", "info")  # diagnose/findings.py SEVERITIES, worst first
+# A finding row's background, one per runs.findings.SEVERITIES (the CSS rules below are made from it).
+_SEVERITY_BACKGROUND = {"high": "#fbe3e3", "medium": "#fff3d6", "low": "#e6f0fb", "info": "#eaf6ea"}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1300px;
@@ -53,10 +55,8 @@ summary { cursor: pointer; font-weight: 600; } summary .muted { font-weight: nor
 .note { color: #666; font-style: italic; } .muted { color: #666; }
 .badge { display: inline-block; border-radius: 3px; padding: 0 0.4em; margin-left: 0.5em; font-size: 0.8em;
          font-weight: normal; background: #eee; }
-.sev-high { background: #fbe3e3; } .sev-medium { background: #fff3d6; } .sev-low { background: #e6f0fb; }
-.sev-info { background: #eaf6ea; }
 code { background: #f3f3f3; padding: 0 0.2em; }
-"""
+""" + "".join(f".sev-{severity} {{ background: {color}; }}\n" for severity, color in _SEVERITY_BACKGROUND.items())
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
@@ -135,13 +135,13 @@ def _read_findings(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         return [], str(exc)
     if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
         return [], f"{path} is not a list of objects; findings not shown"
-    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(data, key=lambda f: rank.get(str(f.get("severity", "")).lower(), len(rank))), None
 
 
 def _severity_class(finding: dict[str, Any]) -> str:
     sev = str(finding.get("severity", "")).lower()
-    return f"sev-{sev}" if sev in SEVERITY_ORDER else "sev-other"  # never put run text in a class name
+    return f"sev-{sev}" if sev in SEVERITIES else "sev-other"  # never put run text in a class name
 
 
 def _steps_text(steps: Any) -> str:
