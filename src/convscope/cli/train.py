@@ -67,7 +67,7 @@ def train_command(
     """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
     # torch loads only when the command runs, so that `convscope --help` stays fast
-    from convscope.config import TrainConfig
+    from convscope.config import TrainConfig, check_whole_number
     from convscope.dist.context import current, shutdown
     from convscope.experiments.recipes import recipe_settings
     from convscope.experiments.run import resume_config, run_training
@@ -77,8 +77,8 @@ def train_command(
         from convscope.dist.launch import launch
 
         raise typer.Exit(launch(nproc, sys.argv[1:]))
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if checkpoint_every is not None:
+        check_whole_number("--checkpoint-every", checkpoint_every)
     if resume is not None:
         cfg = resume_config(resume)
         if data_root is not None:

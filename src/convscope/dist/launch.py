@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from convscope.config import check_whole_number
 from convscope.errors import ConfigError
 from convscope.dist.context import launched_by_torchrun
 
@@ -37,8 +38,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    if not isinstance(nproc, int) or nproc < 1:
-        raise ConfigError(f"--nproc must be a whole number >= 1, got {nproc!r}")
+    check_whole_number("--nproc", nproc)
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; inside torchrun leave it out")
     # Share the cores out (torchrun would set 1 thread per process and warn); its agent's log lines about

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convscope.config import TrainConfig
+from convscope.config import TrainConfig, check_whole_number, is_whole_number
 from convscope.dist.context import refuse_under_torchrun
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
@@ -92,7 +92,7 @@ class SweepConfig:
         if not self.batch_sizes:
             raise ConfigError("the batch-size list is empty; pass e.g. --bs 64,128,256")
         for bs in self.batch_sizes:
-            if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            if not is_whole_number(bs):
                 raise ConfigError(f"batch sizes must be whole numbers >= 1, got {bs!r} in {self.batch_sizes}")
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise ConfigError(f"batch sizes must differ, got {self.batch_sizes}")
@@ -100,8 +100,8 @@ class SweepConfig:
             raise ConfigError(f"unknown lr scaling {self.lr_scaling!r}; choose one of {', '.join(LR_SCALINGS)}")
         for label, value in (("base_bs", self.base_bs), ("limit_train", self.limit_train),
                              ("gns_every", self.gns_every), ("threads", self.threads)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{label} must be a whole number >= 1, got {value!r}")
+            if value is not None:
+                check_whole_number(label, value)
         for bs in self.batch_sizes:  # lr, epochs, seed, name...: TrainConfig says what is wrong
             self.train_config(bs, out=self.out)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.config import TrainConfig
+from convscope.config import TrainConfig, is_whole_number
 from convscope.diagnose import diagnose, save_findings
 from convscope.dist.batchnorm import sync_batchnorm
 from convscope.dist.context import init_from_env, launch_env, on_main
@@ -145,7 +145,7 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     saved = read_json(Path(run_dir) / "config.json")
     data = saved.get("data") if isinstance(saved, dict) else None
     global_bs = data.get("global_bs", cfg.bs) if isinstance(data, dict) else cfg.bs
-    if not isinstance(global_bs, int) or global_bs < 1:
+    if not is_whole_number(global_bs):
         raise RunError(f"{run_dir}/config.json has no usable global batch size ({global_bs!r})")
     if global_bs % world_size:
         raise ConfigError(f"the run was trained with a global batch of {global_bs}, which {world_size} processes "

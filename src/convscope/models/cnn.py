@@ -20,15 +20,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from convscope.config import check_whole_number
 from convscope.errors import ConfigError
 
 __all__ = ["conv_block", "simple_cnn"]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    """Raise ConfigError unless `value` is an int > 0 (bools are rejected: True is not a channel count)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def conv_block(
@@ -59,7 +54,7 @@ def conv_block(
         nn.Sequential with children named "conv", then "act"/"bn" in the chosen order.
     """
     for name, value in (("ni", ni), ("nf", nf), ("ks", ks), ("stride", stride)):
-        _check_positive_int(name, value)
+        check_whole_number(name, value)
     layers: list[tuple[str, nn.Module]] = [
         ("conv", nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2)),
     ]
@@ -112,10 +107,10 @@ def simple_cnn(
     if not channels:
         raise ConfigError("channels must name at least one hidden layer, got an empty sequence")
     for i, c in enumerate(channels):
-        _check_positive_int(f"channels[{i}]", c)
-    _check_positive_int("n_classes", n_classes)
-    _check_positive_int("in_channels", in_channels)
-    _check_positive_int("first_kernel", first_kernel)
+        check_whole_number(f"channels[{i}]", c)
+    check_whole_number("n_classes", n_classes)
+    check_whole_number("in_channels", in_channels)
+    check_whole_number("first_kernel", first_kernel)
 
     sizes = (in_channels, *channels)
     blocks: list[tuple[str, nn.Module]] = []

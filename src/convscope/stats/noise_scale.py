@@ -29,6 +29,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from convscope.config import check_whole_number
 from convscope.dist.context import all_reduce, current, is_main
 from convscope.errors import ConfigError
 from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
@@ -128,11 +129,11 @@ class GradientNoiseScale(Callback):
 
     def __init__(self, every: int = 10, n_micro: int = 2, micro_bs: int | None = None, beta: float = 0.95,
                  flush_every: int = 64) -> None:
-        for label, value, low in (("every", every, 1), ("n_micro", n_micro, 2), ("flush_every", flush_every, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{label} must be a whole number >= {low}, got {value!r}")
-        if micro_bs is not None and (isinstance(micro_bs, bool) or not isinstance(micro_bs, int) or micro_bs < 1):
-            raise ConfigError(f"micro_bs must be a whole number >= 1 (or None), got {micro_bs!r}")
+        check_whole_number("every", every)
+        check_whole_number("n_micro", n_micro, 2)
+        check_whole_number("flush_every", flush_every)
+        if micro_bs is not None:
+            check_whole_number("micro_bs", micro_bs, note="or None")
         if not 0 <= beta < 1:
             raise ConfigError(f"beta must be in [0, 1), got {beta!r}")
         self.every, self.n_micro, self.micro_bs, self.beta = every, n_micro, micro_bs, beta
