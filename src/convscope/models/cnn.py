@@ -97,7 +97,7 @@ def simple_cnn(
             and a Linear layer (+ BatchNorm1d when `bn`), named `head.fc` / `head.bn`. On a 2x2 grid (28x28
             input) the book's last conv only ever multiplies real inputs with 4 of its 9 taps (the other 5
             see zero padding), so it computes the same family of functions as the Linear layer, with 5/9 of
-            its weights dead; the Linear layer is also ~8x cheaper on a CPU (see docs/fast_recipe.md).
+            its weights dead; the Linear layer is also much cheaper on a CPU (docs/measurements.md#models-cnn).
         image_size: input height and width (only the "linear" head needs it, to size its Linear layer).
 
     Raises:

@@ -183,7 +183,7 @@ def plot_layer(stats: ActivationStatsData, layer: str | int) -> Figure:
     recorded histograms) and `plot_dead` below, all over the same steps.
 
     This is what the report embeds per layer. It is laid out by hand instead of by constrained layout,
-    which took half the time of the whole report at ~14 layers.
+    which was the slowest part of a report (docs/measurements.md#plots-activations).
     """
     i = stats.index(layer)
     fig = Figure(figsize=(13, 6.4))

@@ -7,19 +7,19 @@ Definitions (fastai's ActivationStats, so numbers compare), for an output `o` se
     hist       torch.histc(o, bins, lo, hi)  (values outside [lo, hi] are not counted)
     dead       share of channels (dim 1) whose value is <= 0 for every element of the batch
 
-How it is made fast (the CPU is the hard case; measured on MNIST's first conv, 64 items of 8x10x10):
-- torch.histc runs single-threaded and costs ~6 ms on 800k values; quantising to uint8 bin indices
-  (element-wise) then torch.bincount gives identical counts in about a quarter of the time. On CUDA,
-  bincount would sync with the host to size its output, so histc is used there.
-- std comes from the sum and the sum of squares (a sum and a dot product, ~15 us together) instead of
-  o.std() (~5x slower): var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the
-  block is read. Sums also combine over processes by plain addition (reduce.py).
+How it is made fast (the CPU is the hard case; the timings are in docs/measurements.md#stats-compute):
+- torch.histc runs single-threaded on the CPU; quantising to uint8 bin indices (element-wise) then
+  torch.bincount gives identical counts in a fraction of its time. On CUDA, bincount would sync with the
+  host to size its output, so histc is used there.
+- std comes from the sum and the sum of squares (a sum and a dot product) instead of the slower o.std():
+  var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the block is read. Sums also
+  combine over processes by plain addition (reduce.py).
 - With the default range [0, 10] and 40 bins, the indices are 5x finer than the bins, so that the first
   fine bin is [0, 0.05): near_zero then falls out of the same bincount, with no extra pass. (A value
   of exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.)
 - Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
-  (channels_last, 8 channels) runs ~10x slower than over a long one (180 vs 20 us), so `channel_maxima`
-  folds rows together first; see there.
+  (channels_last, 8 channels) is much slower than over a long one, so `channel_maxima` folds rows together
+  first; see there.
 Nothing here reads a value back to the host: results are written into the caller's device buffers.
 """
 
@@ -69,9 +69,10 @@ def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
 def channel_maxima(x: torch.Tensor) -> torch.Tensor:
     """Each channel's (dim 1) largest value over all other dims: [C] (a 0-d or 1-d x counts as one channel).
 
-    Reducing [rows, C] over its rows with a short C (8 or 16 channels innermost in memory) is ~10x slower
-    in torch's CPU kernel than with a long inner dim, so `k` consecutive rows are read as one row of k*C
-    values first (a view), and the k maxima per channel are reduced in a second, tiny step.
+    Reducing [rows, C] over its rows with a short C (8 or 16 channels innermost in memory) is much slower
+    in torch's CPU kernel than with a long inner dim (docs/measurements.md#stats-compute), so `k`
+    consecutive rows are read as one row of k*C values first (a view), and the k maxima per channel are
+    reduced in a second, tiny step.
     """
     if x.ndim < 2:
         return x.amax().view(1)

@@ -106,9 +106,8 @@ class GradientNoiseScale(Callback):
     gradient is the mean of the same per-example gradients as the big one (both normalised with the
     batch's statistics), so E[G_small | batch] = G_big exactly, as the estimator assumes.
 
-    Cost: one extra backward pass through the batch's graph every `every` steps, plus two gradient norms:
-    about 0.6 of a training step for simple_cnn on the CPU (measured: 29 measurements at bs 2048 took
-    7.5 s next to 12.6 s for the 29 training steps), so about 6% of the training time at every=10.
+    Cost: one extra backward pass through the batch's graph every `every` steps, plus two gradient norms
+    (what that came to for simple_cnn on the CPU: docs/measurements.md#stats-noise-scale).
 
     How often: the estimate of one measurement is very noisy and |G|^2 shrinks a hundredfold during a
     run, so the running value is dominated by the first, large-gradient measurements for a long while.

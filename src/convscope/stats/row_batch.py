@@ -1,8 +1,8 @@
 """One recorded row's histograms, near-zero counts and dead channels, counted for all layers at once.
 
 The per-layer path (compute.layer_stats) makes about 20 small tensor ops per layer and step. On a CPU
-each op costs ~10-30 us whatever its size, so for 14 layers the row costs more in op overhead than in
-arithmetic: ~7 ms per recorded step of the book's model, in training. Here each layer's hook keeps only
+each op has a fixed cost whatever its size, so for 14 layers the row costs more in op overhead than in
+arithmetic (the timings: docs/measurements.md#stats-row-batch). Here each layer's hook keeps only
 what must be taken while its output is still intact (a later in-place op, e.g. `ReLU(inplace=True)`, may
 overwrite it), and the rest is done once per row for all layers:
 
@@ -10,16 +10,15 @@ RowBatch (one process on the CPU): the hook writes the layer's sum and sum of sq
     and keeps its bin indices and per-channel maxima. When every layer has been seen, one bincount over
     all layers' indices (each layer's bins shifted past the previous layer's) gives every histogram and
     near-zero count, and one pass over the concatenated maxima the dead channels. That is ~11 ops per layer
-    plus ~8 per row. Measured in training, the hooks' time per recorded step of the book model went from
-    ~6.8 to ~5.2 ms; most of the rest is element work (~10 passes over the ~600k values of a row sampled
-    from 64 items), which batching cannot remove.
+    plus ~8 per row. Most of what remains is element work (~10 passes over the ~600k values of a row
+    sampled from 64 items), which batching cannot remove (before and after: docs/measurements.md#stats-row-batch).
 DeviceRowBatch (one process on a GPU): there the element work is nearly free and each op is a kernel
     launch that the CPU must issue, so the hook only copies the layer's values (one launch), and the row's
     end concatenates all layers and computes every sum, histogram and count with ~25 launches in all, none
     of which reads anything back to the host: segmented sums, and two histc calls (no bincount, whose
     output size needs a host read on CUDA), one for the values' bins and one counting each channel's
-    positive values (a channel with none is dead). With the gradient statistics that is ~60 launches per
-    recorded row of the book model instead of ~370 (benchmarks/gpu_breakdown.py).
+    positive values (a channel with none is dead). The launches per recorded row that this saves, as
+    benchmarks/gpu_breakdown.py counted them: docs/measurements.md#stats-row-batch.
 
 Used for the common case only: one process, histograms on, the same fixed range for every layer with a
 fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
@@ -49,7 +48,7 @@ from convscope.stats.compute import (
 class RowBatch:
     # Outputs larger than this are counted on their own (the collector's per-layer path): their element
     # work dwarfs the op overhead that batching saves, and on the CPU batching costs them an extra pass
-    # (sample=None: 19-29 vs 15-16 ms per row of the book model).
+    # (measured with sample=None: docs/measurements.md#stats-row-batch).
     max_elements: int | None = 1 << 18
 
     def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
