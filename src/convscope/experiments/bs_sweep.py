@@ -222,7 +222,8 @@ def _worker_main(argv: list[str]) -> None:
 # --------------------------------------------------------------------------- the parent
 def _run_setting(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
-    # Steadier timings: stop glibc trimming and re-faulting the heap between batches (see DESIGN.md).
+    # Steadier timings: stop glibc trimming and re-faulting the heap between batches (benchmarks/_common.py,
+    # MALLOC_ENV, says why).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
     env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
     proc = subprocess.run([sys.executable, "-m", "convscope.experiments.bs_sweep", json.dumps(spec)], env=env,
