@@ -10,7 +10,23 @@ from typing import Any
 from convscope.errors import ConfigError
 
 SCHEDULES = ("one-cycle", "constant")
-KNOWN_DATASETS = ("mnist", "fashion-mnist")
+# The optimizers `opt` may name; train/learner.py holds their factories, keyed by these names (config sits
+# below train, so the names live here, where both can see them).
+OPTIMIZER_NAMES = ("adamw", "sgd")
+
+
+def is_whole_number(value: object, minimum: int = 1) -> bool:
+    """An int >= minimum. A bool is not one, though Python counts it as an int: True is not a batch size."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_whole_number(name: str, value: object, minimum: int = 1, *, unit: str = "", note: str = "") -> None:
+    """The one check of a whole-number setting: ConfigError "NAME must be a whole number >= MINIMUM, got VALUE"
+    unless `is_whole_number(value, minimum)`. `unit` reads "a whole number of UNIT", `note` adds "(NOTE)"."""
+    if not is_whole_number(value, minimum):
+        of = f" of {unit}" if unit else ""
+        why = f" ({note})" if note else ""
+        raise ConfigError(f"{name} must be a whole number{of} >= {minimum}{why}, got {value!r}")
 
 
 @dataclass
@@ -63,8 +79,7 @@ class TrainConfig:
             raise ConfigError(f"epochs must be a number > 0 (fractions allowed), got {self.epochs!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not isinstance(self.bs, int) or self.bs < 1:
-            raise ConfigError(f"bs (batch size) must be a whole number >= 1, got {self.bs!r}")
+        check_whole_number("bs (batch size)", self.bs)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not (isinstance(self.pct_start, (int, float)) and 0 < self.pct_start < 1):
@@ -78,29 +93,27 @@ class TrainConfig:
             raise ConfigError(f"moms must be three numbers in [0, 1) (start, middle, end), got {self.moms!r}")
         if self.head not in ("conv", "linear"):
             raise ConfigError(f"unknown head {self.head!r}; choose conv or linear")
-        if self.opt not in ("adamw", "sgd"):
-            raise ConfigError(f"unknown optimizer {self.opt!r}; choose adamw or sgd")
+        if self.opt not in OPTIMIZER_NAMES:
+            raise ConfigError(f"unknown optimizer {self.opt!r}; choose {' or '.join(OPTIMIZER_NAMES)}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (isinstance(self.wd, (int, float)) and math.isfinite(self.wd) and self.wd >= 0):
             raise ConfigError(f"wd (weight decay) must be >= 0, got {self.wd!r}")
         self.channels = tuple(self.channels)
-        if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
+        if not self.channels or not all(is_whole_number(c) for c in self.channels):
             raise ConfigError(f"channels must be whole numbers >= 1, got {self.channels!r}")
-        if not isinstance(self.first_kernel, int) or self.first_kernel < 1:
-            raise ConfigError(f"first_kernel must be a whole number >= 1, got {self.first_kernel!r}")
-        if self.crop is not None and (isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 1):
-            raise ConfigError(f"crop must be a whole number of pixels >= 1, got {self.crop!r}")
-        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or self.shift < 0:
-            raise ConfigError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
+        check_whole_number("first_kernel", self.first_kernel)
+        if self.crop is not None:
+            check_whole_number("crop", self.crop, unit="pixels")
+        check_whole_number("shift", self.shift, 0, unit="pixels")
         if self.shift and self.crop is None:
             raise ConfigError(f"shift {self.shift} moves a crop around: give a crop too (e.g. --crop 20)")
         if not isinstance(self.freeze, dict) or any(
                 not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1
                 for k, v in self.freeze.items()):
             raise ConfigError(f"freeze must map layer names to fractions of training in [0, 1], got {self.freeze!r}")
-        if self.limit_train is not None and (not isinstance(self.limit_train, int) or self.limit_train < 1):
-            raise ConfigError(f"limit_train must be a whole number >= 1, got {self.limit_train!r}")
+        if self.limit_train is not None:
+            check_whole_number("limit_train", self.limit_train)
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"run name {self.name!r} must be a plain folder name")
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from convscope.errors import ConfigError
-from convscope.models import MODELS, conv_block, create_model, simple_cnn
+from convscope.models import conv_block, simple_cnn
 
 BLOCKS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
@@ -121,13 +121,3 @@ def test_conv_block_bad_arguments(kwargs, needle):
     args = {"ni": 1, "nf": 8, **kwargs}
     with pytest.raises(ConfigError, match=needle):
         conv_block(**args)
-
-
-def test_registry():
-    assert MODELS["simple_cnn"] is simple_cnn
-    model = create_model("simple_cnn", channels=(4, 8), n_classes=2)
-    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 2)
-    with pytest.raises(ConfigError, match=r"'resnet99'.*simple_cnn"):
-        create_model("resnet99")
-    with pytest.raises(ConfigError, match="chanels"):
-        create_model("simple_cnn", chanels=(4,))

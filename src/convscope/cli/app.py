@@ -22,7 +22,7 @@ err = Console(stderr=True, highlight=False)
 console = Console(highlight=False)
 
 
-def rank_prefix() -> str:
+def _rank_prefix() -> str:
     """'rank N: ' in the processes of a multi-process job other than rank 0, else ''."""
     from convscope.dist.context import launch_env
 
@@ -45,7 +45,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ConvscopeError as exc:
-            err.print(f"{rank_prefix()}[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            err.print(f"{_rank_prefix()}[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno not in hints:

@@ -25,7 +25,7 @@ def _progress(row: dict[str, Any]) -> None:
               f"{row['train_seconds']:.1f} s training, B_simple late {_count(row['b_simple_late'])}")
 
 
-def results_table(rows: list[dict[str, Any]], title: str) -> Table:
+def _results_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The sweep's rows as a rich table."""
     from convscope.experiments.bs_sweep import format_noise_scale as _count
 
@@ -82,7 +82,7 @@ def bs_sweep_command(
     result = run_sweep(cfg, on_setting=_progress)
     # 11 columns need more than the 80 characters rich assumes when stdout is a file or a pipe.
     out = console if console.is_terminal else Console(highlight=False, width=140)
-    out.print(results_table(result.rows, f"batch-size sweep {result.path}"))
+    out.print(_results_table(result.rows, f"batch-size sweep {result.path}"))
     for line in result.recommendation:
         out.print(f"- {line}")
     console.print(f"sweep written to {result.path} (bs_sweep.json, bs_sweep.png)")

@@ -12,7 +12,8 @@ from convscope.cli.app import console
 if TYPE_CHECKING:
     from convscope.runs.findings import Finding
 
-SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "green"}
+# One colour per runs.findings.SEVERITIES (not imported here: the command loads it only when it runs).
+_SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "green"}
 
 
 def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
@@ -21,7 +22,7 @@ def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
         table.add_column(col, overflow="fold")
     for f in findings:
         steps = f"{f.steps[0]}-{f.steps[1]}" if f.steps else ""
-        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule, f.layer or "", steps,
+        table.add_row(f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule, f.layer or "", steps,
                       f.evidence, f.remedy)
     return table
 

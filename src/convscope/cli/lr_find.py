@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from convscope.train.lr_finder import LRFindResult
 
 
-WHAT = {  # short enough for an 80-column table
+_WHAT = {  # short enough for an 80-column table
     "minimum": "lowest smoothed loss / 10",
     "steep": "smoothed loss falls fastest",
     "valley": "middle of its longest fall",
@@ -26,14 +26,14 @@ WHAT = {  # short enough for an 80-column table
 }
 
 
-def suggestions_table(result: LRFindResult, title: str) -> Table:
+def _suggestions_table(result: LRFindResult, title: str) -> Table:
     """Each suggestion's median, min and max over the sweeps."""
     table = Table(title=title)
     for col, justify in (("suggestion", "left"), ("median", "right"), ("min", "right"), ("max", "right"),
                          ("what it marks", "left")):
         table.add_column(col, justify=justify)
     for name, s in result.suggestions.items():
-        table.add_row(name, f"{s['median']:.3g}", f"{s['min']:.3g}", f"{s['max']:.3g}", WHAT.get(name, ""))
+        table.add_row(name, f"{s['median']:.3g}", f"{s['min']:.3g}", f"{s['max']:.3g}", _WHAT.get(name, ""))
     return table
 
 
@@ -66,8 +66,8 @@ def lr_find_command(
                       name=name)
     run_dir, result = find_lr(cfg, start_lr, end_lr, num_it, repeats)
     n = len(result.sweeps)
-    console.print(suggestions_table(result, f"LR finder, {n} sweep{'s' if n > 1 else ''} of {num_it} steps, "
-                                            f"lr {start_lr:g} to {end_lr:g}"))
+    console.print(_suggestions_table(result, f"LR finder, {n} sweep{'s' if n > 1 else ''} of {num_it} steps, "
+                                             f"lr {start_lr:g} to {end_lr:g}"))
     console.print(f"recommended lr_max for fit_one_cycle: [bold]{result.recommended_lr_max:.3g}[/]")
     console.print(result.reasoning)
     console.print(f"run written to {run_dir} (lr_find.json, lr_find.png)")

@@ -13,7 +13,7 @@ from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, parse_i
 from convscope.errors import ConfigError, ConvscopeError
 
 
-def parse_freeze(text: str) -> dict[str, float]:
+def _parse_freeze(text: str) -> dict[str, float]:
     """'conv1=0.5,conv2=0.8' -> {'conv1': 0.5, 'conv2': 0.8}; 'none' -> {}."""
     if text.strip().lower() == "none":
         return {}
@@ -67,7 +67,7 @@ def train_command(
     """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
     # torch loads only when the command runs, so that `convscope --help` stays fast
-    from convscope.config import TrainConfig
+    from convscope.config import TrainConfig, check_whole_number
     from convscope.dist.context import current, shutdown
     from convscope.experiments.recipes import recipe_settings
     from convscope.experiments.run import resume_config, run_training
@@ -77,8 +77,8 @@ def train_command(
         from convscope.dist.launch import launch
 
         raise typer.Exit(launch(nproc, sys.argv[1:]))
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ConfigError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if checkpoint_every is not None:
+        check_whole_number("--checkpoint-every", checkpoint_every)
     if resume is not None:
         cfg = resume_config(resume)
         if data_root is not None:
@@ -86,7 +86,7 @@ def train_command(
     else:
         given = {"epochs": epochs, "lr": lr, "bs": bs, "crop": crop, "shift": shift,
                  "channels": None if channels is None else parse_ints(channels, "--channels"),
-                 "freeze": None if freeze is None else parse_freeze(freeze)}
+                 "freeze": None if freeze is None else _parse_freeze(freeze)}
         settings = {**recipe_settings(recipe), **{k: v for k, v in given.items() if v is not None}}
         if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
             settings["epochs"] = int(settings["epochs"])

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 # How long a collective waits for a rank before failing. A rank that dies closes its sockets and the
 # others fail at once; this bounds the case of a rank that hangs without dying.
-COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+_COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, **kwargs)
+        dist.init_process_group(backend, timeout=_COLLECTIVE_TIMEOUT, **kwargs)
     info = DistInfo(dist.get_rank(), world, local_rank)
     return info, device
 

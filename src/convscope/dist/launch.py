@@ -10,11 +10,12 @@ import logging
 import os
 import sys
 
+from convscope.config import check_whole_number
 from convscope.errors import ConfigError
 from convscope.dist.context import launched_by_torchrun
 
 
-def without_option(argv: list[str], option: str) -> list[str]:
+def _without_option(argv: list[str], option: str) -> list[str]:
     """`argv` minus `option VALUE` / `option=VALUE`."""
     out, skip = [], False
     for arg in argv:
@@ -37,8 +38,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    if not isinstance(nproc, int) or nproc < 1:
-        raise ConfigError(f"--nproc must be a whole number >= 1, got {nproc!r}")
+    check_whole_number("--nproc", nproc)
     if launched_by_torchrun():
         raise ConfigError("--nproc starts torchrun itself; inside torchrun leave it out")
     # Share the cores out (torchrun would set 1 thread per process and warn); its agent's log lines about
@@ -47,7 +47,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "convscope",
-                                         *without_option(argv, "--nproc")])
+                                         *_without_option(argv, "--nproc")])
     try:
         run(args)
     except SignalException as exc:  # Ctrl-C / SIGTERM: torchrun passed it on; process 0 printed how to resume

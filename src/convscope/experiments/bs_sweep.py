@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convscope.config import TrainConfig
+from convscope.config import TrainConfig, check_whole_number, is_whole_number
 from convscope.dist.context import refuse_under_torchrun
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
@@ -39,9 +39,9 @@ from convscope.train.callback import Callback
 from convscope.train.guard import NonFiniteError
 
 LR_SCALINGS = ("none", "linear", "sqrt")
-MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
-ACCURACY_SLACK = 0.005  # "as good as the best": within half a percentage point of test accuracy
-FLOAT_FIELDS = ("accuracy", "valid_loss", "train_seconds", "train_cpu_seconds", "samples_per_s", "gns_seconds",
+_MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
+_ACCURACY_SLACK = 0.005  # "as good as the best": within half a percentage point of test accuracy
+_FLOAT_FIELDS = ("accuracy", "valid_loss", "train_seconds", "train_cpu_seconds", "samples_per_s", "gns_seconds",
                 "final_train_loss",
                 "peak_mem_mb", "b_simple_end", "b_simple_early", "b_simple_late")
 
@@ -92,7 +92,7 @@ class SweepConfig:
         if not self.batch_sizes:
             raise ConfigError("the batch-size list is empty; pass e.g. --bs 64,128,256")
         for bs in self.batch_sizes:
-            if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            if not is_whole_number(bs):
                 raise ConfigError(f"batch sizes must be whole numbers >= 1, got {bs!r} in {self.batch_sizes}")
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             raise ConfigError(f"batch sizes must differ, got {self.batch_sizes}")
@@ -100,8 +100,8 @@ class SweepConfig:
             raise ConfigError(f"unknown lr scaling {self.lr_scaling!r}; choose one of {', '.join(LR_SCALINGS)}")
         for label, value in (("base_bs", self.base_bs), ("limit_train", self.limit_train),
                              ("gns_every", self.gns_every), ("threads", self.threads)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{label} must be a whole number >= 1, got {value!r}")
+            if value is not None:
+                check_whole_number(label, value)
         for bs in self.batch_sizes:  # lr, epochs, seed, name...: TrainConfig says what is wrong
             self.train_config(bs, out=self.out)
 
@@ -180,7 +180,7 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS"
 
 
-def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
+def _run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one setting in this process and return its row (what the sweep's worker process runs)."""
     cfg = TrainConfig(**spec["train"])
     if spec.get("threads"):
@@ -193,7 +193,7 @@ def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
         result = run_training(cfg, cbs=[gns, timer], stats=False)
     except NonFiniteError as exc:  # a diverged setting is a result of the study, not a failure of the sweep
         return {"bs": cfg.bs, "lr": cfg.lr, "epochs": cfg.epochs, "run": cfg.name, "diverged": str(exc),
-                **dict.fromkeys(FLOAT_FIELDS, float("nan")), "steps": None, "steps_to_target": None}
+                **dict.fromkeys(_FLOAT_FIELDS, float("nan")), "steps": None, "steps_to_target": None}
     learn = result.learn
     losses = learn.recorder.losses
     tail = max(1, len(losses) // 10)
@@ -215,14 +215,15 @@ def run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    row = run_setting_here(json.loads(argv[0]))
+    row = _run_setting_here(json.loads(argv[0]))
     print(json.dumps(row))  # the last line of stdout is the parent's answer
 
 
 # --------------------------------------------------------------------------- the parent
 def _run_setting(spec: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ)
-    # Steadier timings: stop glibc trimming and re-faulting the heap between batches (see DESIGN.md).
+    # Steadier timings: stop glibc trimming and re-faulting the heap between batches (benchmarks/_common.py,
+    # MALLOC_ENV, says why).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "33554432")
     env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
     proc = subprocess.run([sys.executable, "-m", "convscope.experiments.bs_sweep", json.dumps(spec)], env=env,
@@ -275,7 +276,7 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
     rows = []
     for bs in cfg.batch_sizes:
         per_epoch = n_train // bs  # training drops the last short batch
-        every = cfg.gns_every or max(1, round(per_epoch * cfg.epochs / MEASUREMENTS_PER_RUN))
+        every = cfg.gns_every or max(1, round(per_epoch * cfg.epochs / _MEASUREMENTS_PER_RUN))
         spec = {"train": cfg.train_config(bs, out=str(sweep_dir)).to_dict(), "gns_every": every,
                 "threads": cfg.threads}
         row = _run_setting(spec)
@@ -283,13 +284,13 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
         if on_setting is not None:
             on_setting(row)
     loss_target = _steps_to_target(sweep_dir, rows)
-    b_crit = median_noise_scale(rows)
+    b_crit = _median_noise_scale(rows)
     recommendation = recommend(rows, b_crit, device)
     atomic_write_json(sweep_dir / "bs_sweep.json", _strict_json({
         "config": asdict(cfg), "n_train": n_train, "device": str(device), "loss_target": loss_target,
         "critical_batch_size": b_crit, "settings": rows, "recommendation": recommendation}))
-    plot_sweep(sweep_dir, rows, b_crit, loss_target, sweep_dir / "bs_sweep.png",
-               b_early=median_noise_scale(rows, "b_simple_early"))
+    _plot_sweep(sweep_dir, rows, b_crit, loss_target, sweep_dir / "bs_sweep.png",
+                b_early=_median_noise_scale(rows, "b_simple_early"))
     return SweepResult(sweep_dir, rows, b_crit, recommendation)
 
 
@@ -308,7 +309,7 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def median_noise_scale(rows: list[dict[str, Any]], key: str = "b_simple_late") -> float:
+def _median_noise_scale(rows: list[dict[str, Any]], key: str = "b_simple_late") -> float:
     """Median over the runs of one B_simple summary ('b_simple_late' = the critical batch size we report)."""
     values = [r[key] for r in rows if not r.get("diverged") and _finite(r[key]) and r[key] > 0]
     return float(statistics.median(values)) if values else float("nan")
@@ -345,14 +346,14 @@ def recommend(rows: list[dict[str, Any]], b_crit: float, device: torch.device) -
         lines.append(f"Memory is not the limit up to the largest batch tried (bs {largest['bs']}): its process "
                      f"peaked at {largest['peak_mem_mb']:,.0f} MiB RSS, dataset included.")
     best = max(rows, key=lambda r: r["accuracy"])
-    good = [r for r in rows if r["accuracy"] >= best["accuracy"] - ACCURACY_SLACK]
+    good = [r for r in rows if r["accuracy"] >= best["accuracy"] - _ACCURACY_SLACK]
     pick = min(good, key=lambda r: r["train_seconds"])
     fastest = min(rows, key=lambda r: r["train_seconds"])
     lines.append(f"Best test accuracy: bs {best['bs']} ({best['accuracy']:.2%}, {best['train_seconds']:.1f} s of "
                  f"training); fastest: bs {fastest['bs']} ({fastest['accuracy']:.2%}, "
                  f"{fastest['train_seconds']:.1f} s).")
     side = "below" if pick["bs"] < b_crit else "above"  # the late-training value
-    lines.append(f"Recommendation: bs {pick['bs']}, the fastest within {100 * ACCURACY_SLACK:g} percentage points "
+    lines.append(f"Recommendation: bs {pick['bs']}, the fastest within {100 * _ACCURACY_SLACK:g} percentage points "
                  "of the best accuracy "
                  f"({pick['accuracy']:.2%} in {pick['train_seconds']:.1f} s)"
                  + (f"; it is {side} the critical batch size." if math.isfinite(b_crit) else "."))
@@ -388,8 +389,8 @@ def _window_b_simple(g2: np.ndarray, tr_sigma: np.ndarray, width: int) -> np.nda
         return np.where(g2_avg > 0, tr_avg / g2_avg, np.nan)
 
 
-def plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_target: float,
-               path: Path, b_early: float = float("nan")) -> None:
+def _plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_target: float,
+                path: Path, b_early: float = float("nan")) -> None:
     """One figure: accuracy, time, steps against batch size (log2 axis), and the noise scale in training."""
     import matplotlib
 

@@ -28,14 +28,14 @@ def find_lr(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repea
     run_name = cfg.name or default_run_name(cfg) + "-lr-find"
     if (Path(cfg.out) / run_name).exists():  # fail before the sweeps, not after them
         raise RunError(f"run folder {Path(cfg.out) / run_name} already exists; choose another --name or --out")
-    result, config = run_lr_find(cfg, start_lr, end_lr, num_it, repeats)
+    result, config = _run_lr_find(cfg, start_lr, end_lr, num_it, repeats)
     run_dir = create_run_dir(cfg.out, run_name)
-    write_lr_find(run_dir, result, config)
+    _write_lr_find(run_dir, result, config)
     return run_dir, result
 
 
-def run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repeats: int
-                ) -> tuple[LRFindResult, dict[str, Any]]:
+def _run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repeats: int
+                 ) -> tuple[LRFindResult, dict[str, Any]]:
     """Build the data, the model and a Learner as `convscope train` would, and sweep. Returns the result
     and the config to save."""
     device = resolve_device(cfg.device)
@@ -48,7 +48,7 @@ def run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, r
     return result, config
 
 
-def write_lr_find(run_dir: Path, result: LRFindResult, config: dict[str, Any]) -> None:
+def _write_lr_find(run_dir: Path, result: LRFindResult, config: dict[str, Any]) -> None:
     """config.json, lr_find.json (every sweep, the suggestions, the recommendation) and lr_find.png."""
     atomic_write_json(run_dir / "config.json", config)
     atomic_write_json(run_dir / "lr_find.json", result.to_dict())

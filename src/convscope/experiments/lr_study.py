@@ -40,7 +40,7 @@ from convscope.train.learner import Learner
 from convscope.train.scheduler import ParamScheduler
 
 SCHEDULES = ("constant-high", "constant-low", "warmup-constant", "one-cycle")
-EARLY = 0.25  # "early training": the first quarter of the steps
+_EARLY = 0.25  # "early training": the first quarter of the steps
 
 
 def schedule_for(name: str, lr_max: float) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class StudyRow:
                 "collapses": self.collapses}
 
 
-def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn, data) -> StudyRow:
+def _run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn, data) -> StudyRow:
     train_dl, valid_dl = data
     torch.manual_seed(cfg.seed)
     model = model_fn()
@@ -88,7 +88,7 @@ def run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn
     stats = learn.activation_stats.data
     signal = [i for i, k in enumerate(stats.kinds) if "Norm" not in k]
     nz = stats.near_zero[:, signal].mean(axis=1)
-    early = slice(0, max(1, int(len(nz) * EARLY)))
+    early = slice(0, max(1, int(len(nz) * _EARLY)))
     losses = learn.recorder.losses
     k = max(1, len(losses) // 10)
     return StudyRow(name, learn.recorder.epochs[-1]["accuracy"], float(losses[-k:].mean()),
@@ -110,10 +110,10 @@ def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[S
 
     torch.manual_seed(cfg.seed)
     init = copy.deepcopy(model_fn().state_dict())
-    return [run_one(name, cfg, init, model_fn, (train_dl, valid_dl)) for name in schedules]
+    return [_run_one(name, cfg, init, model_fn, (train_dl, valid_dl)) for name in schedules]
 
 
-def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
+def _plot_study(rows: list[StudyRow], title: str = "") -> Figure:
     fig = Figure(figsize=(12, 7.5), layout="constrained")
     axes = fig.subplots(2, 2)
     # Show the layer where the schedules differ most: that is where a collapse shows.
@@ -142,11 +142,11 @@ def plot_study(rows: list[StudyRow], title: str = "") -> Figure:
     return fig
 
 
-def save_study(rows: list[StudyRow], cfg: TrainConfig, run_dir: Path) -> None:
+def _save_study(rows: list[StudyRow], cfg: TrainConfig, run_dir: Path) -> None:
     best = max(r.accuracy for r in rows)
     atomic_write_json(run_dir / "lr_study.json", {"config": cfg.to_dict(), "best_accuracy": best,
                                                   "rows": [r.to_dict() for r in rows]})
-    fig = plot_study(rows, f"same start, same data, {cfg.epochs} epoch(s), lr_max {cfg.lr}, bs {cfg.bs}, "
+    fig = _plot_study(rows, f"same start, same data, {cfg.epochs} epoch(s), lr_max {cfg.lr}, bs {cfg.bs}, "
                            f"{'with' if cfg.bn else 'no'} BatchNorm")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -161,5 +161,5 @@ def run_lr_study(cfg: TrainConfig) -> tuple[Path, list[StudyRow]]:
     refuse_under_torchrun("convscope lr-study")  # before the run folder is made
     run_dir = create_run_dir(cfg.out, cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-lr-study")
     rows = lr_study(cfg, SCHEDULES)
-    save_study(rows, cfg, run_dir)
+    _save_study(rows, cfg, run_dir)
     return run_dir, rows

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.config import TrainConfig
+from convscope.config import TrainConfig, is_whole_number
 from convscope.diagnose import diagnose, save_findings
 from convscope.dist.batchnorm import sync_batchnorm
 from convscope.dist.context import init_from_env, launch_env, on_main
@@ -113,7 +113,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if resume is not None:
         restore(learn, checkpoint)  # the fit below then continues where the checkpoint stands
     if cfg.compile:
-        learn.train_model = compiled(model)
+        learn.train_model = _compiled(model)
     result = TrainResult(learn, run_dir, cfg)
     try:
         with catch_signals(stopper):
@@ -134,7 +134,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         late = dist_info.distributed and stopper.signum is not None
         if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main \
                 and not late:
-            result.findings = finish_run(run_dir, learn.exception)
+            result.findings = _finish_run(run_dir, learn.exception)
     return result
 
 
@@ -147,7 +147,7 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     saved = read_json(Path(run_dir) / "config.json")
     data = saved.get("data") if isinstance(saved, dict) else None
     global_bs = data.get("global_bs", cfg.bs) if isinstance(data, dict) else cfg.bs
-    if not isinstance(global_bs, int) or global_bs < 1:
+    if not is_whole_number(global_bs):
         raise RunError(f"{run_dir}/config.json has no usable global batch size ({global_bs!r})")
     if global_bs % world_size:
         raise ConfigError(f"the run was trained with a global batch of {global_bs}, which {world_size} processes "
@@ -155,7 +155,7 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     return replace(cfg, bs=global_bs // world_size)
 
 
-def compiled(model: nn.Module) -> nn.Module:
+def _compiled(model: nn.Module) -> nn.Module:
     """torch.compile(model), or the model itself (with a warning) where compiling is not possible here."""
     try:
         return torch.compile(model)
@@ -171,7 +171,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def finish_run(run_dir: Path, exception: BaseException | None) -> list:
+def _finish_run(run_dir: Path, exception: BaseException | None) -> list:
     """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
     findings = diagnose(load_run(run_dir))
     if isinstance(exception, NonFiniteError):  # the guard's finding leads: it says why training stopped

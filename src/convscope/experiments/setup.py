@@ -87,10 +87,10 @@ def build_model(cfg: TrainConfig, info: dict) -> nn.Sequential:
     in_channels, image_size and classes). Every command that trains builds its model here."""
     model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
                        first_kernel=cfg.first_kernel, bn=cfg.bn, head=cfg.head, image_size=tuple(info["image_size"]))
-    return fit_to_input(model, info)
+    return _fit_to_input(model, info)
 
 
-def fit_to_input(model: nn.Sequential, info: dict) -> nn.Sequential:
+def _fit_to_input(model: nn.Sequential, info: dict) -> nn.Sequential:
     """The book's CNN ends at a 1x1 grid for 28x28 inputs; for other sizes average the last grid first."""
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, info["in_channels"], *info["image_size"]))

@@ -15,21 +15,15 @@ names that say where in the network a number comes from instead of "0.0".
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
+from convscope.config import check_whole_number
 from convscope.errors import ConfigError
 
-__all__ = ["MODELS", "conv_block", "create_model", "simple_cnn"]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    """Raise ConfigError unless `value` is an int > 0 (bools are rejected: True is not a channel count)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+__all__ = ["conv_block", "simple_cnn"]
 
 
 def conv_block(
@@ -60,7 +54,7 @@ def conv_block(
         nn.Sequential with children named "conv", then "act"/"bn" in the chosen order.
     """
     for name, value in (("ni", ni), ("nf", nf), ("ks", ks), ("stride", stride)):
-        _check_positive_int(name, value)
+        check_whole_number(name, value)
     layers: list[tuple[str, nn.Module]] = [
         ("conv", nn.Conv2d(ni, nf, kernel_size=ks, stride=stride, padding=ks // 2)),
     ]
@@ -103,7 +97,7 @@ def simple_cnn(
             and a Linear layer (+ BatchNorm1d when `bn`), named `head.fc` / `head.bn`. On a 2x2 grid (28x28
             input) the book's last conv only ever multiplies real inputs with 4 of its 9 taps (the other 5
             see zero padding), so it computes the same family of functions as the Linear layer, with 5/9 of
-            its weights dead; the Linear layer is also ~8x cheaper on a CPU (see docs/fast_recipe.md).
+            its weights dead; the Linear layer is also much cheaper on a CPU (docs/measurements.md#models-cnn).
         image_size: input height and width (only the "linear" head needs it, to size its Linear layer).
 
     Raises:
@@ -113,10 +107,10 @@ def simple_cnn(
     if not channels:
         raise ConfigError("channels must name at least one hidden layer, got an empty sequence")
     for i, c in enumerate(channels):
-        _check_positive_int(f"channels[{i}]", c)
-    _check_positive_int("n_classes", n_classes)
-    _check_positive_int("in_channels", in_channels)
-    _check_positive_int("first_kernel", first_kernel)
+        check_whole_number(f"channels[{i}]", c)
+    check_whole_number("n_classes", n_classes)
+    check_whole_number("in_channels", in_channels)
+    check_whole_number("first_kernel", first_kernel)
 
     sizes = (in_channels, *channels)
     blocks: list[tuple[str, nn.Module]] = []
@@ -140,25 +134,3 @@ def simple_cnn(
     blocks.append((f"conv{len(channels) + 1}", last))
     blocks.append(("flatten", nn.Flatten()))
     return nn.Sequential(OrderedDict(blocks))
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"simple_cnn": simple_cnn}
-
-
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model by name, e.g. `create_model("simple_cnn", channels=(16, 32))`.
-
-    Raises:
-        ConfigError: unknown name (the message lists the known ones) or bad keyword arguments.
-    """
-    if name not in MODELS:
-        known = ", ".join(sorted(MODELS))
-        raise ConfigError(f"unknown model {name!r}; known models: {known}")
-    factory = MODELS[name]
-    # Bind first, so a misspelt option from a config file is a ConfigError while a TypeError raised
-    # inside the factory (a bug) keeps its traceback.
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"bad arguments for model {name!r}: {e}") from e
-    return factory(**kwargs)

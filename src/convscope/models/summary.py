@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from convscope.config import is_whole_number
 from convscope.errors import ConfigError, ConvscopeError
 
 __all__ = ["LayerRow", "Summary", "print_summary", "summary"]
@@ -281,7 +282,7 @@ def _macs(
 
 def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape):
+    if not shape or not all(is_whole_number(s) for s in shape):
         raise ConfigError(
             f"input_shape must be a non-empty tuple of positive ints without the batch dimension, "
             f"e.g. (1, 28, 28); got {input_shape!r}"

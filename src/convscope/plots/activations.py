@@ -37,7 +37,7 @@ __all__ = [
     "smooth",
 ]
 
-UPDATE_RATIO_REF = 1e-3  # the classic rule of thumb: each step changes the weights by about 1/1000
+_UPDATE_RATIO_REF = 1e-3  # the classic rule of thumb: each step changes the weights by about 1/1000
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -183,7 +183,7 @@ def plot_layer(stats: ActivationStatsData, layer: str | int) -> Figure:
     recorded histograms) and `plot_dead` below, all over the same steps.
 
     This is what the report embeds per layer. It is laid out by hand instead of by constrained layout,
-    which took half the time of the whole report at ~14 layers.
+    which was the slowest part of a report (docs/measurements.md#plots-activations).
     """
     i = stats.index(layer)
     fig = Figure(figsize=(13, 6.4))
@@ -261,8 +261,8 @@ def plot_grad_stats(stats: ActivationStatsData) -> Figure:
     for j, style in zip(has, _layer_styles(len(has))):
         ax_norm.plot(stats.steps, stats.grad_norm[:, j], label=_text(stats.layers[j]), **style)
         ax_ratio.plot(stats.steps, stats.update_ratio[:, j], **style)
-    ax_ratio.axhline(UPDATE_RATIO_REF, color="k", ls="--", lw=1)
-    ax_ratio.annotate("1e-3", (1.0, UPDATE_RATIO_REF), xycoords=("axes fraction", "data"),
+    ax_ratio.axhline(_UPDATE_RATIO_REF, color="k", ls="--", lw=1)
+    ax_ratio.annotate("1e-3", (1.0, _UPDATE_RATIO_REF), xycoords=("axes fraction", "data"),
                       xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
     for ax, title in ((ax_norm, "gradient norm per layer"), (ax_ratio, "update / weight ratio per step")):
         ax.set_yscale("log")

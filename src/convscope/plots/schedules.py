@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from convscope.errors import ConfigError
 
 # One colour per suggestion, the same in every figure.
-SUGGESTION_COLORS = {"minimum": "C1", "steep": "C2", "valley": "C3", "slide": "C4", "edge": "C5"}
+_SUGGESTION_COLORS = {"minimum": "C1", "steep": "C2", "valley": "C3", "slide": "C4", "edge": "C5"}
 
 
 # --------------------------------------------------------------------------- the schedule of a fit
@@ -106,7 +106,7 @@ def plot_lr_find(result: Any) -> Figure:
         ax.plot(lrs, _floats(sw["losses"]), color="C0", lw=1.5, alpha=0.9 if len(sweeps) == 1 else 0.6,
                 label=f"smoothed loss ({len(sweeps)} sweep{'s' if len(sweeps) > 1 else ''})" if k == 0 else None)
     summary = data.get("suggestions", {})
-    for name, color in SUGGESTION_COLORS.items():
+    for name, color in _SUGGESTION_COLORS.items():
         points = [sw["edge"] if name == "edge" else sw["suggestions"].get(name) for sw in sweeps]
         points = [p for p in points if p is not None]
         if not points:

@@ -29,6 +29,7 @@ from convscope._version import __version__
 from convscope.errors import ConvscopeError, RunError
 from convscope.plots import activations as plots
 from convscope.plots.schedules import plot_lr_find, plot_schedule
+from convscope.runs.findings import SEVERITIES
 from convscope.runs.run import Run, load_run
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import atomic_write_bytes, read_json
@@ -36,11 +37,12 @@ from convscope.runs.store import atomic_write_bytes, read_json
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
 
 REPORT_FILE = "report.html"
-DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SEVERITY_ORDER = ("high", "medium", "low", "info")  # diagnose/findings.py SEVERITIES, worst first
+_DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A finding row's background, one per runs.findings.SEVERITIES (the CSS rules below are made from it).
+_SEVERITY_BACKGROUND = {"high": "#fbe3e3", "medium": "#fff3d6", "low": "#e6f0fb", "info": "#eaf6ea"}
 
-CSS = """
+_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1300px;
        padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
@@ -53,10 +55,8 @@ summary { cursor: pointer; font-weight: 600; } summary .muted { font-weight: nor
 .note { color: #666; font-style: italic; } .muted { color: #666; }
 .badge { display: inline-block; border-radius: 3px; padding: 0 0.4em; margin-left: 0.5em; font-size: 0.8em;
          font-weight: normal; background: #eee; }
-.sev-high { background: #fbe3e3; } .sev-medium { background: #fff3d6; } .sev-low { background: #e6f0fb; }
-.sev-info { background: #eaf6ea; }
 code { background: #f3f3f3; padding: 0 0.2em; }
-"""
+""" + "".join(f".sev-{severity} {{ background: {color}; }}\n" for severity, color in _SEVERITY_BACKGROUND.items())
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
@@ -118,7 +118,7 @@ def _figure(make: Callable[[], Figure], alt: str) -> str:
         return _note(f"{alt}: {exc}")
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=DPI)
+        fig.savefig(buf, format="png", dpi=_DPI)
     finally:
         fig.clf()  # drop the artists now: a report renders dozens of figures
     return _img(buf.getvalue(), alt)
@@ -135,13 +135,13 @@ def _read_findings(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         return [], str(exc)
     if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
         return [], f"{path} is not a list of objects; findings not shown"
-    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(data, key=lambda f: rank.get(str(f.get("severity", "")).lower(), len(rank))), None
 
 
 def _severity_class(finding: dict[str, Any]) -> str:
     sev = str(finding.get("severity", "")).lower()
-    return f"sev-{sev}" if sev in SEVERITY_ORDER else "sev-other"  # never put run text in a class name
+    return f"sev-{sev}" if sev in SEVERITIES else "sev-other"  # never put run text in a class name
 
 
 def _steps_text(steps: Any) -> str:
@@ -174,7 +174,7 @@ def _findings_table(findings: list[dict[str, Any]], with_layer: bool = True) -> 
 
 def _embedded_png(path: Path, alt: str) -> str:
     data = path.read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
+    if not data.startswith(_PNG_SIGNATURE):
         return _note(f"{path.name} is not a PNG image; not shown")
     return _img(data, alt)
 
@@ -307,7 +307,7 @@ def render_report(run: Run) -> str:
                  f"{_e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>{_e(title)} - convscope report</title><style>{CSS}</style></head>\n<body>\n"
+            f"<title>{_e(title)} - convscope report</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
 
 

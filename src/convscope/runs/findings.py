@@ -13,6 +13,8 @@ from typing import Any
 from convscope.errors import RunError
 from convscope.runs.store import atomic_write_json, read_json
 
+# The one list of severities, worst first (findings are sorted by it); "info" asks for no change. The CLI's
+# colours and report.html's row styles are keyed by it (tests/diagnose/test_severities.py: one for each).
 SEVERITIES = ("high", "medium", "low", "info")
 
 

@@ -36,7 +36,7 @@ class Suggestion:
     loss: float
 
 
-def finite_points(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _finite_points(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positions, lrs, losses) of the points whose lr and loss are finite and whose lr is > 0.
 
     Raises ConfigError when fewer than MIN_POINTS remain.
@@ -56,14 +56,14 @@ def finite_points(lrs: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.n
 
 def minimum(lrs: np.ndarray, losses: np.ndarray) -> Suggestion:
     """One tenth of the lr at the lowest loss (the lowest point is already too close to divergence)."""
-    pos, lr, loss = finite_points(lrs, losses)
+    pos, lr, loss = _finite_points(lrs, losses)
     i = int(np.argmin(loss))
     return Suggestion(float(lr[i]) / 10, int(pos[i]), float(loss[i]))
 
 
 def steep(lrs: np.ndarray, losses: np.ndarray) -> Suggestion:
     """The lr where the loss falls fastest against log(lr): the left end of the steepest segment."""
-    pos, lr, loss = finite_points(lrs, losses)
+    pos, lr, loss = _finite_points(lrs, losses)
     # Slope per unit of log(lr), not per step: dropped points leave gaps that must not look steeper.
     slopes = np.diff(loss) / np.diff(np.log(lr))
     i = int(np.argmin(slopes))
@@ -80,7 +80,7 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> Suggestion:
     that would fall before the first point is clipped to it (fastai's negative index wrapped round to
     the *largest* lr).
     """
-    pos, lr, loss = finite_points(lrs, losses)
+    pos, lr, loss = _finite_points(lrs, losses)
     n = len(loss)
     lds = np.ones(n, dtype=np.int64)  # length of the longest decreasing subsequence ending at i
     max_start, max_end = 0, 0
@@ -111,7 +111,7 @@ def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float 
     Gradients are per point (np.gradient over the index), as in fastai, so `thresh` is in loss units per
     step. A sweep shorter than the window uses the widest window that fits (fastai raised IndexError).
     """
-    pos, lr, loss = finite_points(lrs, losses)
+    pos, lr, loss = _finite_points(lrs, losses)
     n = len(loss)
     lr_diff = min(lr_diff, n - 1)
     grad = np.gradient(loss)
@@ -137,7 +137,7 @@ def edge(lrs: np.ndarray, raw_losses: np.ndarray, decades: float = 0.5) -> Sugge
     """The lr where the loss stops falling: lowest point of the raw losses after a centred running mean
     over `decades` of lr (at least 3 points). Beyond it the loss climbs; the suggestion is that lr itself.
     """
-    pos, lr, loss = finite_points(lrs, raw_losses)
+    pos, lr, loss = _finite_points(lrs, raw_losses)
     span = np.log10(lr[-1] / lr[0])
     per_decade = (len(lr) - 1) / span if span > 0 else len(lr)
     window = max(3, int(round(decades * per_decade)) | 1)  # odd, so the window is centred

@@ -35,8 +35,8 @@ class ActivationStats(Callback):
 
     every:      record one training step in `every`.
     sample:     compute each recorded row on the first `sample` items of the batch (None: all of them).
-                With the defaults (every=DEFAULT_EVERY, sample=DEFAULT_SAMPLE) the book recipe trains at
-                0.96x the samples/s it has without statistics on a 2-core CPU (benchmarks/paired_speed.py);
+                The defaults (every=DEFAULT_EVERY, sample=DEFAULT_SAMPLE) cost the book recipe a few
+                percent of its samples/s (benchmarks/paired_speed.py; docs/measurements.md#stats-activations);
                 `every=1, sample=None` records exact statistics at every step. The sampling error of the
                 defaults is measured in tests/stats/test_sampling.py.
     with_hist:  also record histograms (`bins` bins over `hist_range`; 'signed' = (-10, 10),

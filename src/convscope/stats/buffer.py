@@ -18,7 +18,7 @@ import torch
 from convscope.stats.compute import N_VALUES, finish
 from convscope.stats.reduce import reduce_block
 
-N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
+_N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
 
 
 class StatsBuffer:
@@ -42,7 +42,7 @@ class StatsBuffer:
                             for s in range(block)]
         self.hist_views = [[self.hist[s, i] for i in range(n_layers)] for s in range(block)]
         self.h_steps = np.zeros(max_rows, dtype=np.int64)
-        self.h_values = np.zeros((max_rows, n_layers, N_FINISHED), dtype=np.float64)
+        self.h_values = np.zeros((max_rows, n_layers, _N_FINISHED), dtype=np.float64)
         self.h_hist = np.zeros((max_rows, n_layers, bins), dtype=np.float32)
         self.h_grads = np.full((max_rows, n_layers, 2), np.nan, dtype=np.float32)
         self.n_rows = 0

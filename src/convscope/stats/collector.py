@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.config import check_whole_number
 from convscope.dist.context import all_reduce, current
 from convscope.errors import ConfigError
 from convscope.runs.stats_data import ActivationStatsData
@@ -29,10 +30,8 @@ HistRange = tuple[float, float] | str
 
 
 def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
-    if not isinstance(every, int) or every < 1:
-        raise ConfigError(f"every must be a whole number >= 1, got {every!r}")
-    if not isinstance(bins, int) or bins < 1:
-        raise ConfigError(f"bins must be a whole number >= 1, got {bins!r}")
+    check_whole_number("every", every)
+    check_whole_number("bins", bins)
     if isinstance(hist_range, str):
         if hist_range not in ("signed", "adaptive"):
             raise ConfigError(f"hist_range must be (lo, hi), 'signed' or 'adaptive', got {hist_range!r}")
@@ -45,8 +44,8 @@ class StatsCollector:
                  hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
                  max_rows: int = 2048, block: int = 64, grad_stats: bool = True, sample: int | None = None) -> None:
         check_settings(every, bins, hist_range)
-        if sample is not None and (not isinstance(sample, int) or sample < 1):
-            raise ConfigError(f"sample must be a whole number >= 1 (batch items per recorded step), got {sample!r}")
+        if sample is not None:
+            check_whole_number("sample", sample, note="batch items per recorded step")
         self.sample = sample
         self.model = model
         self.named = select_modules(model, modules)

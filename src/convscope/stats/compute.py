@@ -7,19 +7,19 @@ Definitions (fastai's ActivationStats, so numbers compare), for an output `o` se
     hist       torch.histc(o, bins, lo, hi)  (values outside [lo, hi] are not counted)
     dead       share of channels (dim 1) whose value is <= 0 for every element of the batch
 
-How it is made fast (the CPU is the hard case; measured on MNIST's first conv, 64 items of 8x10x10):
-- torch.histc runs single-threaded and costs ~6 ms on 800k values; quantising to uint8 bin indices
-  (element-wise) then torch.bincount gives identical counts in about a quarter of the time. On CUDA,
-  bincount would sync with the host to size its output, so histc is used there.
-- std comes from the sum and the sum of squares (a sum and a dot product, ~15 us together) instead of
-  o.std() (~5x slower): var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the
-  block is read. Sums also combine over processes by plain addition (reduce.py).
+How it is made fast (the CPU is the hard case; the timings are in docs/measurements.md#stats-compute):
+- torch.histc runs single-threaded on the CPU; quantising to uint8 bin indices (element-wise) then
+  torch.bincount gives identical counts in a fraction of its time. On CUDA, bincount would sync with the
+  host to size its output, so histc is used there.
+- std comes from the sum and the sum of squares (a sum and a dot product) instead of the slower o.std():
+  var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the block is read. Sums also
+  combine over processes by plain addition (reduce.py).
 - With the default range [0, 10] and 40 bins, the indices are 5x finer than the bins, so that the first
   fine bin is [0, 0.05): near_zero then falls out of the same bincount, with no extra pass. (A value
   of exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.)
 - Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
-  (channels_last, 8 channels) runs ~10x slower than over a long one (180 vs 20 us), so `channel_maxima`
-  folds rows together first; see there.
+  (channels_last, 8 channels) is much slower than over a long one, so `channel_maxima` folds rows together
+  first; see there.
 Nothing here reads a value back to the host: results are written into the caller's device buffers.
 """
 
@@ -53,7 +53,7 @@ def channels_innermost(x: torch.Tensor) -> bool:
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     """x's elements as a 1-d view in memory order, when x is dense (contiguous or channels_last), else None.
 
     The statistics other than dead channels ignore element order, and a 1-d view needs no copy where
@@ -69,9 +69,10 @@ def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
 def channel_maxima(x: torch.Tensor) -> torch.Tensor:
     """Each channel's (dim 1) largest value over all other dims: [C] (a 0-d or 1-d x counts as one channel).
 
-    Reducing [rows, C] over its rows with a short C (8 or 16 channels innermost in memory) is ~10x slower
-    in torch's CPU kernel than with a long inner dim, so `k` consecutive rows are read as one row of k*C
-    values first (a view), and the k maxima per channel are reduced in a second, tiny step.
+    Reducing [rows, C] over its rows with a short C (8 or 16 channels innermost in memory) is much slower
+    in torch's CPU kernel than with a long inner dim (docs/measurements.md#stats-compute), so `k`
+    consecutive rows are read as one row of k*C values first (a view), and the k maxima per channel are
+    reduced in a second, tiny step.
     """
     if x.ndim < 2:
         return x.amax().view(1)
@@ -103,7 +104,7 @@ def bin_positions(x: torch.Tensor, n: int, lo: float, hi: float, out: torch.Tens
     return torch.add(shift, x, alpha=scale, out=out).clamp_(0, n + 1)
 
 
-def bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`bin_positions` as integers, by default bytes where n + 2 <= 256 (4x less memory traffic for
     counting), else int32. (The cast truncates, which is the floor here: positions are >= 0.)"""
     return bin_positions(x, n, lo, hi).to(dtype or (torch.uint8 if n + 1 < 256 else torch.int32))
@@ -118,7 +119,7 @@ def histogram(x: torch.Tensor, bins: int, lo: float, hi: float, fine: int = 1) -
     if x.device.type == "cuda":  # no host sync: histc sizes its output from its arguments
         inner = torch.histc(x, n, lo, hi).long()
         return torch.cat([(x < lo).sum().view(1), inner, (x > hi).sum().view(1)])
-    return torch.bincount(bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
+    return torch.bincount(_bin_indices(x, n, lo, hi).reshape(-1), minlength=n + 2)
 
 
 def float_values(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +128,7 @@ def float_values(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.float()
-    flat = in_memory_order(x)
+    flat = _in_memory_order(x)
     return x, (x.reshape(-1) if flat is None else flat)
 
 

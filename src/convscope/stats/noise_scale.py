@@ -28,6 +28,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from convscope.config import check_whole_number
 from convscope.dist.context import all_reduce, current, is_main
 from convscope.errors import ConfigError
 from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
@@ -104,9 +105,8 @@ class GradientNoiseScale(Callback):
     gradient is the mean of the same per-example gradients as the big one (both normalised with the
     batch's statistics), so E[G_small | batch] = G_big exactly, as the estimator assumes.
 
-    Cost: one extra backward pass through the batch's graph every `every` steps, plus two gradient norms:
-    about 0.6 of a training step for simple_cnn on the CPU (measured: 29 measurements at bs 2048 took
-    7.5 s next to 12.6 s for the 29 training steps), so about 6% of the training time at every=10.
+    Cost: one extra backward pass through the batch's graph every `every` steps, plus two gradient norms
+    (what that came to for simple_cnn on the CPU: docs/measurements.md#stats-noise-scale).
 
     How often: the estimate of one measurement is very noisy and |G|^2 shrinks a hundredfold during a
     run, so the running value is dominated by the first, large-gradient measurements for a long while.
@@ -127,11 +127,11 @@ class GradientNoiseScale(Callback):
 
     def __init__(self, every: int = 10, n_micro: int = 2, micro_bs: int | None = None, beta: float = 0.95,
                  flush_every: int = 64) -> None:
-        for label, value, low in (("every", every, 1), ("n_micro", n_micro, 2), ("flush_every", flush_every, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{label} must be a whole number >= {low}, got {value!r}")
-        if micro_bs is not None and (isinstance(micro_bs, bool) or not isinstance(micro_bs, int) or micro_bs < 1):
-            raise ConfigError(f"micro_bs must be a whole number >= 1 (or None), got {micro_bs!r}")
+        check_whole_number("every", every)
+        check_whole_number("n_micro", n_micro, 2)
+        check_whole_number("flush_every", flush_every)
+        if micro_bs is not None:
+            check_whole_number("micro_bs", micro_bs, note="or None")
         if not 0 <= beta < 1:
             raise ConfigError(f"beta must be in [0, 1), got {beta!r}")
         self.every, self.n_micro, self.micro_bs, self.beta = every, n_micro, micro_bs, beta

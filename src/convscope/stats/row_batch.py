@@ -1,8 +1,8 @@
 """One recorded row's histograms, near-zero counts and dead channels, counted for all layers at once.
 
 The per-layer path (compute.layer_stats) makes about 20 small tensor ops per layer and step. On a CPU
-each op costs ~10-30 us whatever its size, so for 14 layers the row costs more in op overhead than in
-arithmetic: ~7 ms per recorded step of the book's model, in training. Here each layer's hook keeps only
+each op has a fixed cost whatever its size, so for 14 layers the row costs more in op overhead than in
+arithmetic (the timings: docs/measurements.md#stats-row-batch). Here each layer's hook keeps only
 what must be taken while its output is still intact (a later in-place op, e.g. `ReLU(inplace=True)`, may
 overwrite it), and the rest is done once per row for all layers:
 
@@ -10,16 +10,15 @@ RowBatch (one process on the CPU): the hook writes the layer's sum and sum of sq
     and keeps its bin indices and per-channel maxima. When every layer has been seen, one bincount over
     all layers' indices (each layer's bins shifted past the previous layer's) gives every histogram and
     near-zero count, and one pass over the concatenated maxima the dead channels. That is ~11 ops per layer
-    plus ~8 per row. Measured in training, the hooks' time per recorded step of the book model went from
-    ~6.8 to ~5.2 ms; most of the rest is element work (~10 passes over the ~600k values of a row sampled
-    from 64 items), which batching cannot remove.
+    plus ~8 per row. Most of what remains is element work (~10 passes over the ~600k values of a row
+    sampled from 64 items), which batching cannot remove (before and after: docs/measurements.md#stats-row-batch).
 DeviceRowBatch (one process on a GPU): there the element work is nearly free and each op is a kernel
     launch that the CPU must issue, so the hook only copies the layer's values (one launch), and the row's
     end concatenates all layers and computes every sum, histogram and count with ~25 launches in all, none
     of which reads anything back to the host: segmented sums, and two histc calls (no bincount, whose
     output size needs a host read on CUDA), one for the values' bins and one counting each channel's
-    positive values (a channel with none is dead). With the gradient statistics that is ~60 launches per
-    recorded row of the book model instead of ~370 (benchmarks/gpu_breakdown.py).
+    positive values (a channel with none is dead). The launches per recorded row that this saves, as
+    benchmarks/gpu_breakdown.py counted them: docs/measurements.md#stats-row-batch.
 
 Used for the common case only: one process, histograms on, the same fixed range for every layer with a
 fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
@@ -49,7 +48,7 @@ from convscope.stats.compute import (
 class RowBatch:
     # Outputs larger than this are counted on their own (the collector's per-layer path): their element
     # work dwarfs the op overhead that batching saves, and on the CPU batching costs them an extra pass
-    # (sample=None: 19-29 vs 15-16 ms per row of the book model).
+    # (measured with sample=None: docs/measurements.md#stats-row-batch).
     max_elements: int | None = 1 << 18
 
     def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
@@ -170,7 +169,7 @@ class DeviceRowBatch(RowBatch):
         # Per layer: (elements, channels, elements per channel block): in memory order the channel of
         # value j is (j // block) % channels (block 1 when channels are innermost).
         self.shapes: dict[int, tuple[int, int, int]] = {}
-        self._plans: dict[tuple, RowPlan] = {}
+        self._plans: dict[tuple, _RowPlan] = {}
 
     def add(self, i: int, x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[int, int]:
         x, flat = float_values(x)
@@ -208,7 +207,7 @@ class DeviceRowBatch(RowBatch):
         self.shapes = {}
         return counts, dead, sums
 
-    def _plan(self, layers: list[int], device: torch.device) -> RowPlan:
+    def _plan(self, layers: list[int], device: torch.device) -> _RowPlan:
         shapes = tuple(self.shapes[i] for i in layers)
         key = (tuple(layers), shapes)
         if key not in self._plans:  # once per set of layer shapes: these host-to-device copies sync on a GPU
@@ -218,7 +217,7 @@ class DeviceRowBatch(RowBatch):
                 channel_pos.append(local.float() + (first + 0.5))
                 bin_start.append(torch.full((n,), j * self.width + 0.5, device=device))
                 first += c
-            self._plans[key] = RowPlan(
+            self._plans[key] = _RowPlan(
                 offsets=torch.tensor([0] + [n for n, _, _ in shapes], device=device).cumsum(0),
                 bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos),
                 channel_offsets=torch.tensor([0] + [c for _, c, _ in shapes], device=device).cumsum(0),
@@ -227,7 +226,7 @@ class DeviceRowBatch(RowBatch):
 
 
 @dataclass(frozen=True)
-class RowPlan:
+class _RowPlan:
     """Index tensors for one set of layer shapes (DeviceRowBatch): where each layer's values start in the
     concatenated row, each value's first bin (+0.5), each value's channel (+0.5, numbered across the
     layers), and where each layer's channels start."""

@@ -11,7 +11,7 @@ from convscope.train.events import (
     CancelValidateException,
 )
 from convscope.train.learner import OPTIMIZERS, Learner, adamw, sgd
-from convscope.train.metrics import accuracy, error_rate
+from convscope.train.metrics import accuracy
 from convscope.train.recorder import Recorder
 from convscope.train.run_saver import RunSaver
 from convscope.train.scheduler import ParamScheduler
@@ -31,6 +31,5 @@ __all__ = [
     "RunSaver",
     "accuracy",
     "adamw",
-    "error_rate",
     "sgd",
 ]

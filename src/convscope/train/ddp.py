@@ -16,7 +16,7 @@ from convscope.train.callback import Callback
 
 # Ranks must stop at the same step, or one would wait forever in the next all-reduce. They agree on a
 # requested stop every this many steps (one tiny all-reduce and one host read each time).
-STOP_CHECK_EVERY = 8
+_STOP_CHECK_EVERY = 8
 
 
 class DistributedTrainer(Callback):
@@ -34,8 +34,8 @@ class DistributedTrainer(Callback):
             stopper.agree = self.agree
 
     def agree(self, stop_here: bool) -> bool:
-        """True on every rank once any rank asked to stop (checked every STOP_CHECK_EVERY steps)."""
-        if self.learn.train_iter % STOP_CHECK_EVERY:
+        """True on every rank once any rank asked to stop (checked every _STOP_CHECK_EVERY steps)."""
+        if self.learn.train_iter % _STOP_CHECK_EVERY:
             return False
         flag = torch.tensor([1.0 if stop_here else 0.0], device=self.device)
         return bool(all_reduce(flag, "max").item())

@@ -63,7 +63,8 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float, wd: float = 0.0) -> tor
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
 
 
-OPTIMIZERS: dict[str, OptFactory] = {"adamw": adamw, "adam": adamw, "sgd": sgd}
+# Keyed by config.OPTIMIZER_NAMES, the names TrainConfig accepts (tests/train/test_optimizers.py: they agree).
+OPTIMIZERS: dict[str, OptFactory] = {"adamw": adamw, "sgd": sgd}
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Learner:
             check_batches(valid_data, "valid_data")
         if isinstance(opt_func, str):
             if opt_func not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {opt_func!r}; choose one of {sorted(OPTIMIZERS)}")
+                raise ConfigError(f"unknown optimizer {opt_func!r}; choose {' or '.join(OPTIMIZERS)}")
             opt_func = OPTIMIZERS[opt_func]
         if device is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))

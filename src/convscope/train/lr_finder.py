@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from convscope.config import check_whole_number
 from convscope.data.batches import DeviceBatches
 from convscope.dist.context import refuse_under_torchrun
 from convscope.errors import ConfigError
@@ -40,10 +41,8 @@ def check_sweep_args(start_lr: float, end_lr: float, num_it: int, repeats: int =
             raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     if start_lr >= end_lr:
         raise ConfigError(f"start_lr must be below end_lr, got start_lr={start_lr!r} >= end_lr={end_lr!r}")
-    if not isinstance(num_it, int) or num_it < 5:
-        raise ConfigError(f"num_it must be a whole number >= 5 (steps in the sweep), got {num_it!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"repeats must be a whole number >= 1, got {repeats!r}")
+    check_whole_number("num_it", num_it, 5, note="steps in the sweep")
+    check_whole_number("repeats", repeats)
     if not 0 <= beta < 1:
         raise ConfigError(f"beta (loss smoothing) must be in [0, 1), got {beta!r}")
 

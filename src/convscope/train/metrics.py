@@ -11,7 +11,3 @@ def accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Share of rows whose arg-max equals the target class."""
     return (preds.argmax(dim=-1) == targets).float().mean()
 
-
-def error_rate(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - accuracy."""
-    return 1 - accuracy(preds, targets)
