@@ -97,8 +97,7 @@ def test_later_rows_equal_the_per_layer_path_too(mnist_tensors, rows, sample):
         collector.attach()
         for step, start in [(1, 256), (2, 512)]:
             collector.begin_step(step)
-            with torch.no_grad():
-                model(x[start : start + 256])
+            model(x[start : start + 256])
             collector.end_step()
         collector.detach()
         return collector.data()
@@ -148,8 +147,7 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
     for step, use_spare in enumerate([True, False]):
         model.use_spare = use_spare
         collector.begin_step(step)
-        with torch.no_grad():
-            model(x)
+        model(x)
         collector.end_step()
     collector.detach()
     data = collector.data()

@@ -16,6 +16,8 @@ import numpy as np
 from convscope.errors import RunError
 from convscope.runs.store import atomic_save_npz, read_npz
 
+_OPTIONAL = ("kinds", "ran", "frozen", "unseen")  # absent from files written by older versions
+
 
 @dataclass
 class ActivationStatsData:
@@ -31,10 +33,29 @@ class ActivationStatsData:
     update_ratio: np.ndarray  # float [S, L]: |weights after step - before| / |before| (NaN: none)
     every: int = 1  # final recording interval in steps (doubles when the row cap is reached)
     kinds: list[str] = field(default_factory=list)  # module class of each layer ('Conv2d', 'ReLU', ...)
+    # bool [S, L]: the layer ran (a training forward pass) in that row's step. Where it did not (a branch
+    # not taken), its statistics are NaN: "did not run", not "broken". Files written before it: isfinite(mean).
+    ran: np.ndarray | None = None
+    # bool [S, L]: all the layer's parameters were frozen (requires_grad False) at that step, which is
+    # why its grad_norm and update_ratio are NaN there. Files written before it: all False.
+    frozen: np.ndarray | None = None
+    # (name, reason) for what the statistics could not see: watched layers that never ran in a recorded
+    # step, and activations applied as functions (F.relu(conv(x)): no module to hook) with the module whose
+    # output they consume; ('*', 'unknown: ...') when the model could not be traced to find them.
+    unseen: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.layers = [str(n) for n in self.layers]
         self.kinds = [str(k) for k in self.kinds] or [""] * len(self.layers)
+        shape = np.shape(self.mean)
+        self.ran = np.isfinite(self.mean) if self.ran is None else np.asarray(self.ran, dtype=bool)
+        self.frozen = np.zeros(shape, dtype=bool) if self.frozen is None else np.asarray(self.frozen, dtype=bool)
+        self.unseen = [(str(name), str(reason)) for name, reason in self.unseen]
+
+    @property
+    def never_ran(self) -> list[str]:
+        """Layers that ran in none of the recorded steps."""
+        return [name for name, ran in zip(self.layers, self.ran.any(axis=0)) if not ran] if self.n_steps else []
 
     # ----------------------------------------------------------------- access
     def index(self, layer: str | int) -> int:
@@ -53,7 +74,7 @@ class ActivationStatsData:
         return {"steps": self.steps, "mean": self.mean[:, i], "std": self.std[:, i],
                 "near_zero": self.near_zero[:, i], "dead": self.dead[:, i], "hist": self.hist[:, i],
                 "grad_norm": self.grad_norm[:, i], "update_ratio": self.update_ratio[:, i],
-                "hist_range": self.hist_range[i]}
+                "ran": self.ran[:, i], "frozen": self.frozen[:, i], "hist_range": self.hist_range[i]}
 
     @property
     def n_steps(self) -> int:
@@ -90,12 +111,13 @@ class ActivationStatsData:
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         arrays["layers"] = np.asarray(self.layers, dtype=str)
         arrays["kinds"] = np.asarray(self.kinds, dtype=str)
+        arrays["unseen"] = np.asarray(self.unseen, dtype=str).reshape(-1, 2)
         atomic_save_npz(Path(path), arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationStatsData:
         arrays = read_npz(Path(path))
-        missing = [f.name for f in fields(cls) if f.name not in arrays and f.name != "kinds"]
+        missing = [f.name for f in fields(cls) if f.name not in arrays and f.name not in _OPTIONAL]
         if missing:
             raise RunError(f"{path} lacks {', '.join(missing)}; it was not written by convscope's ActivationStats")
         # Check every array's kind and shape before use: a damaged file must fail here with its name, not
@@ -123,7 +145,15 @@ class ActivationStatsData:
         if hist.ndim != 3 or hist.shape[:2] != (n, n_layers) or hist.dtype.kind not in "iuf":
             raise RunError(f"{path}: hist has shape {hist.shape} {hist.dtype}, expected ({n}, {n_layers}, bins) "
                            "numbers; the file is damaged")
+        for name in ("ran", "frozen"):
+            if name in arrays and (arrays[name].shape != (n, n_layers) or arrays[name].dtype.kind != "b"):
+                raise RunError(f"{path}: {name} has shape {arrays[name].shape} {arrays[name].dtype}, expected "
+                               f"{(n, n_layers)} booleans; the file is damaged")
+        unseen = arrays.get("unseen", np.zeros((0, 2), dtype=str))
+        if unseen.ndim != 2 or unseen.shape[1] != 2 or (unseen.size and unseen.dtype.kind != "U"):
+            raise RunError(f"{path}: unseen is not a list of (name, reason) pairs; the file is damaged")
         kwargs = {f.name: arrays[f.name] for f in fields(cls) if f.name in arrays}
+        kwargs["unseen"] = [(str(a), str(b)) for a, b in unseen]
         kwargs["layers"] = [str(s) for s in arrays["layers"]]
         kwargs["kinds"] = [str(s) for s in arrays.get("kinds", [])]
         kwargs["every"] = int(every.reshape(-1)[0])

@@ -6,7 +6,7 @@ sync per `block` recorded steps instead of one per statistic per layer per step.
 
 Memory policy: the host keeps at most `max_rows` rows. When that is reached, every other row is dropped
 and the recording interval doubles, so the kept rows stay evenly spaced over the whole run, the most
-recent steps are always kept, and memory stays below max_rows * layers * (4*8 + 2*4 + 4*bins) bytes
+recent steps are always kept, and memory stays below max_rows * layers * (4*8 + 2*4 + 2 + 4*bins) bytes
 whatever the run's length.
 """
 
@@ -31,6 +31,9 @@ class StatsBuffer:
         self.sizes = np.zeros((block, n_layers, 2), dtype=np.int64)  # elements, channels: known on the host
         self.hist = torch.zeros(block, n_layers, bins, dtype=torch.int64, device=device)
         self.grads = torch.full((block, n_layers, 2), float("nan"), dtype=torch.float32, device=device)
+        # Per row and layer, known on the host without a sync: whether the layer's parameters were all
+        # frozen (requires_grad False) at the step; whether it ran is sizes[..., 0] > 0.
+        self.frozen = np.zeros((block, n_layers), dtype=bool)
         self.block_steps: list[int] = []
         # Under torch.distributed: rows are combined over ranks before they leave the device (reduce.py),
         # which needs each layer's per-channel maxima ([block, channels], made at the layer's first row).
@@ -45,6 +48,8 @@ class StatsBuffer:
         self.h_values = np.zeros((max_rows, n_layers, _N_FINISHED), dtype=np.float64)
         self.h_hist = np.zeros((max_rows, n_layers, bins), dtype=np.float32)
         self.h_grads = np.full((max_rows, n_layers, 2), np.nan, dtype=np.float32)
+        self.h_ran = np.zeros((max_rows, n_layers), dtype=bool)
+        self.h_frozen = np.zeros((max_rows, n_layers), dtype=bool)
         self.n_rows = 0
         self.every = 1
 
@@ -61,6 +66,9 @@ class StatsBuffer:
         slot = len(self.block_steps)
         self.block_steps.append(step)
         self.grads[slot].fill_(float("nan"))
+        # A layer that does not run in this row (a branch not taken) must not show the slot's last numbers.
+        self.sizes[slot] = 0
+        self.frozen[slot] = False
         return slot
 
     def channel_max_row(self, slot: int, layer: int, channels: int) -> torch.Tensor | None:
@@ -86,6 +94,9 @@ class StatsBuffer:
         values = np.stack(finish(self.values[:k].cpu().numpy(), self.sizes[:k]), axis=-1)
         hist = self.hist[:k].cpu().numpy().astype(np.float32)
         grads = self.grads[:k].cpu().numpy()
+        ran = self.sizes[:k, :, 0] > 0
+        values[~ran] = np.nan  # did not run: no statistics (the ran mask says why they are NaN)
+        hist[~ran] = 0
         for j, step in enumerate(self.block_steps):
             if step % self.every:  # recorded before the interval doubled
                 continue
@@ -95,6 +106,7 @@ class StatsBuffer:
                     continue
             r = self.n_rows
             self.h_steps[r], self.h_values[r], self.h_hist[r], self.h_grads[r] = step, values[j], hist[j], grads[j]
+            self.h_ran[r], self.h_frozen[r] = ran[j], self.frozen[j]
             self.n_rows += 1
         self.block_steps = []
 
@@ -102,21 +114,24 @@ class StatsBuffer:
         """Keep the rows whose step is a multiple of twice the interval; double the interval."""
         self.every *= 2
         keep = np.flatnonzero(self.h_steps[: self.n_rows] % self.every == 0)
-        for arr in (self.h_steps, self.h_values, self.h_hist, self.h_grads):
+        for arr in (self.h_steps, self.h_values, self.h_hist, self.h_grads, self.h_ran, self.h_frozen):
             arr[: len(keep)] = arr[keep]
         self.n_rows = len(keep)
 
-    def restore(self, steps: np.ndarray, values: np.ndarray, hist: np.ndarray, grads: np.ndarray, every: int) -> None:
+    def restore(self, steps: np.ndarray, values: np.ndarray, hist: np.ndarray, grads: np.ndarray, every: int,
+                ran: np.ndarray, frozen: np.ndarray) -> None:
         """Put rows saved earlier (a resumed run) back into host storage."""
         n = len(steps)
         if n > self.max_rows:
             raise ValueError(f"{n} saved rows exceed max_rows={self.max_rows}")
         self.every = every
         self.h_steps[:n], self.h_values[:n], self.h_grads[:n] = steps, values, grads
+        self.h_ran[:n], self.h_frozen[:n] = ran, frozen
         if self.h_hist.shape[-1]:
             self.h_hist[:n] = hist
         self.n_rows = n
         self.block_steps = []
 
     def host_nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.h_steps, self.h_values, self.h_hist, self.h_grads))
+        return sum(a.nbytes for a in (self.h_steps, self.h_values, self.h_hist, self.h_grads, self.h_ran,
+                                      self.h_frozen))

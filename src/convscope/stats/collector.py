@@ -1,11 +1,25 @@
 """StatsCollector: hooks + statistics + buffers, driven step by step by a Learner callback or `watch`.
 
 Per recorded training step:
-    begin_step(step)          decide whether this step is recorded, open a buffer row
+    begin_step(step)          decide whether this step is recorded, open a buffer row (the Learner), or
+    open_on_forward(step)     let the step's first training forward pass open it (watch(): eval passes
+                              between steps must not open or fill a row)
     (forward pass)            hooks write each watched layer's activation statistics
     after_backward()          per-layer gradient norms
     before_update()/after_update()   per-layer |weight change| / |weight| across the optimizer step
 Nothing in that path reads a value back to the host; see buffer.py for when that happens.
+
+What a row holds, whichever drives it:
+- Only training forward passes count: module.training, grad enabled, not inference mode. A pass in eval
+  mode or under torch.no_grad()/inference_mode inside or between steps leaves the row alone.
+- A module called several times in a step (shared weights, gradient accumulation's micro-batches):
+  its LAST call of the step counts.
+- A module whose output is a tuple, list or dict: the statistics of its first tensor (first element,
+  first value); a module whose output holds no tensor counts as not run.
+- A watched module that did not run in a row (a branch not taken): NaN statistics, ran[row, layer] False.
+- Gradient norms are those of .grad when after_backward runs (in watch(): at w.step(), so the
+  accumulated gradient of all micro-batches); a layer whose parameters all have no .grad or are all
+  frozen (requires_grad False) gets NaN, and frozen[row, layer] says which of the two.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ from convscope.stats.buffer import StatsBuffer
 from convscope.stats.compute import fine_factor, layer_stats
 from convscope.stats.hooks import Hooks, select_modules
 from convscope.stats.row_batch import DeviceRowBatch, RowBatch
+from convscope.stats.unseen import functional_activations
 
 HistRange = tuple[float, float] | str
 
@@ -61,6 +76,10 @@ class StatsCollector:
         self.buffer.set_every(every)
         self._params = self._layer_params()
         self.slot = -1
+        self._armed: int | None = None  # open_on_forward: the step the next training forward opens
+        self.scaler: Any = None  # a torch.amp.GradScaler whose scale .grad may still carry (watch)
+        self._scaler_states: Any = None
+        self.unseen = functional_activations(model, self.layers)
         self.hooks: Hooks | None = None
         self._before: list[torch.Tensor] | None = None  # the weights before the update (grad_stats)
         self._have_before = False
@@ -107,6 +126,8 @@ class StatsCollector:
             self._has_params = torch.zeros(len(self.layers), dtype=torch.bool, device=device)
             self._has_params[self._owner] = True
             self._no_params = ~self._has_params
+            self._has_params_host = np.zeros(len(self.layers), dtype=bool)
+            self._has_params_host[self._params[1].numpy()] = True
 
     def detach(self) -> None:
         if self.hooks is not None:
@@ -117,11 +138,28 @@ class StatsCollector:
     # ----------------------------------------------------------------- per step
     def begin_step(self, step: int, training: bool = True) -> bool:
         """Open a row if `step` is recorded; returns whether it is."""
+        self._armed = None
         self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
+        if self.slot >= 0 and self.scaler is not None:
+            self._scaler_states = self.scaler._per_optimizer_states
         return self.slot >= 0
 
+    def open_on_forward(self, step: int) -> None:
+        """The next training forward pass of a watched module opens step `step`'s row (if recorded)."""
+        self.slot = -1
+        self._armed = step
+
     def _hook(self, i: int, module: nn.Module, inputs: Any, output: Any) -> None:
-        if self.slot < 0 or not isinstance(output, torch.Tensor):
+        # Cheap host checks first: a pass in eval mode or without autograd is not a training step.
+        if not (module.training and torch.is_grad_enabled()) or torch.is_inference_mode_enabled():
+            return
+        if self._armed is not None:
+            if self.begin_step(self._armed):
+                self.before_update()  # weights as the forward saw them: the optimizer has not run yet
+        if self.slot < 0:
+            return
+        output = _first_tensor(output)
+        if output is None:
             return
         if self.ranges is None:
             self._fix_adaptive_ranges(i, output)
@@ -179,21 +217,58 @@ class StatsCollector:
             return
         params = self._params[0]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        self.buffer.grads[self.slot, :, 0] = self._per_layer_norm(torch._foreach_norm(grads))
+        norms = self._per_layer_norm(torch._foreach_norm(grads))
+        scale = self._grad_scale()
+        if scale is not None:
+            norms = norms / scale  # .grad still carries the loss scale: the norm of the true gradient
+        self.buffer.grads[self.slot, :, 0] = norms
         self._mark_frozen(self.buffer.grads[self.slot, :, 0])
+        # No .grad at all (the layer took no part in this step's loss): no gradient, not a zero one.
+        missing = tuple(p.grad is None and p.requires_grad for p in params)
+        if any(missing):
+            self.buffer.grads[self.slot, :, 0].masked_fill_(self._layer_mask(missing, "_missing"), float("nan"))
+
+    def _grad_scale(self) -> torch.Tensor | None:
+        """The loss scale that .grad still carries at this moment, or None when it carries none.
+
+        GradScaler.step(opt) unscales .grad in place (unless scaler.unscale_(opt) did already) and keeps
+        that in its per-optimizer state, which scaler.update() replaces with a new empty dict. So, with the
+        dict seen when the row opened: a new dict means update() ran (unscaled); a stage past READY means
+        unscale_/step ran (unscaled); the same dict with no such stage means the scaler has not touched
+        .grad yet (w.step() before scaler.step(opt)): divide by the scale in use, a device tensor (no sync).
+        """
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled():
+            return None
+        states = scaler._per_optimizer_states
+        if states is not self._scaler_states:
+            return None
+        if any(state["stage"].value != 0 for state in states.values()):  # OptState.READY is 0
+            return None
+        return scaler._scale.to(self.buffer.grads.device).float()
+
+    def _layer_mask(self, flags: tuple[bool, ...], cache: str) -> torch.Tensor:
+        """Device mask of the layers whose parameters all have `flags` set, rebuilt only when flags change."""
+        key = getattr(self, cache, None)
+        if key is None or key[0] != flags:
+            per_layer = [True] * len(self.layers)
+            for flag, layer in zip(flags, self._params[1].tolist()):
+                per_layer[layer] = per_layer[layer] and flag
+            host = np.asarray(per_layer) & self._has_params_host
+            key = (flags, torch.tensor(host, device=self.buffer.grads.device), host)
+            setattr(self, cache, key)
+        return key[1]
 
     def _mark_frozen(self, row: torch.Tensor) -> None:
         """NaN for layers whose parameters are all frozen (see train/freeze.py): they have no gradient and
-        no update, which is not the same as a gradient of zero (that would read as a vanishing gradient)."""
+        no update, which is not the same as a gradient of zero (that would read as a vanishing gradient).
+        The buffer's host-side frozen flags say which NaNs these are."""
         flags = tuple(not p.requires_grad for p in self._params[0])
         if not any(flags):
             return
-        if getattr(self, "_frozen_flags", None) != flags:  # rebuilt only when a layer freezes, not every step
-            frozen = [True] * len(self.layers)
-            for flag, layer in zip(flags, self._params[1].tolist()):
-                frozen[layer] = frozen[layer] and flag
-            self._frozen_flags, self._frozen_mask = flags, torch.tensor(frozen, device=row.device) & self._has_params
-        row.masked_fill_(self._frozen_mask, float("nan"))
+        mask = self._layer_mask(flags, "_frozen")
+        row.masked_fill_(mask, float("nan"))
+        self.buffer.frozen[self.slot] = self._frozen[2]
 
     def before_update(self) -> None:
         if self.slot >= 0 and self.grad_stats and self._params[0]:
@@ -221,10 +296,17 @@ class StatsCollector:
         out = torch.zeros(len(sq), len(self.layers), device=sq.device).index_add_(1, self._owner, sq).sqrt_()
         return out.masked_fill_(self._no_params, float("nan")).view(-1)
 
+    def abandon_row(self) -> None:
+        """Forget the open row: its step never finished (watch() left with no w.step() after a forward)."""
+        if self.slot >= 0 and self.slot == len(self.buffer.block_steps) - 1:
+            self.buffer.block_steps.pop()
+        self.slot, self._armed = -1, None
+
     def end_step(self) -> None:
         if self.slot >= 0:
             self._finish_row()
         self.slot = -1
+        self._armed = None
 
     # ----------------------------------------------------------------- results
     def flush(self) -> None:
@@ -241,7 +323,8 @@ class StatsCollector:
         keep = data.steps < before_step
         values = np.stack([data.mean, data.std, data.near_zero, data.dead], axis=-1)[keep]
         grads = np.stack([data.grad_norm, data.update_ratio], axis=-1)[keep]
-        self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every)
+        self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every, data.ran[keep],
+                            data.frozen[keep])
         if self.hist_range == "adaptive" and len(data.steps):
             self.ranges = [tuple(r) for r in data.hist_range]
             self.fine = self._fine_factors()
@@ -256,5 +339,18 @@ class StatsCollector:
             layers=list(self.layers), steps=b.h_steps[:n].copy(), mean=mean, std=std, near_zero=near,
             dead=dead, hist=b.h_hist[:n].copy(), hist_range=np.asarray(ranges, dtype=np.float64),
             grad_norm=b.h_grads[:n, :, 0].astype(np.float64), update_ratio=b.h_grads[:n, :, 1].astype(np.float64),
-            every=b.every, kinds=[type(m).__name__ for _, m in self.named],
+            every=b.every, kinds=[type(m).__name__ for _, m in self.named], ran=b.h_ran[:n].copy(),
+            frozen=b.h_frozen[:n].copy(), unseen=self._unseen(b.h_ran[:n]),
         )
+
+    def _unseen(self, ran: np.ndarray) -> list[tuple[str, str]]:
+        never = [(self.layers[i], "never ran in a recorded training step") for i in np.flatnonzero(~ran.any(0))]
+        return never + list(self.unseen) if len(ran) else list(self.unseen)
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a module's output is counted by: itself, or the first tensor of a tuple, list or dict."""
+    if isinstance(output, torch.Tensor):
+        return output
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return next((item for item in items if isinstance(item, torch.Tensor)), None)

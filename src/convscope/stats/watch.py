@@ -1,17 +1,39 @@
 """`watch`: the same statistics in a training loop you wrote yourself.
 
     with convscope.watch(model, run_dir="runs/mine") as w:
-        for xb, yb in data:
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            w.step(loss)          # after opt.step(), before opt.zero_grad()
-            opt.zero_grad()
-        w.log(epoch=0, accuracy=acc)   # optional: one metrics.jsonl row
+        for epoch in range(epochs):
+            model.train()
+            for xb, yb in data:
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                opt.step()
+                w.step(loss)          # after opt.step(), before opt.zero_grad()
+                opt.zero_grad()
+            acc = evaluate(model)     # model.eval() / torch.no_grad(): not recorded
+            w.log(epoch=epoch, accuracy=acc)   # optional: one metrics.jsonl row
     convscope.load_run("runs/mine").activation_stats
 
 The run folder has the same layout as `convscope train` writes, so plots, reports and diagnosis work
 on it unchanged.
+
+What is recorded (one row per `every` training steps, and no other rows):
+- A step is what lies between two `w.step()` calls. Its row is opened by the step's first TRAINING
+  forward pass of a watched module (module.training, grad enabled, not inference mode), never by
+  `w.step()` itself; so evaluation between steps (eval mode, torch.no_grad(), inference_mode) is not
+  recorded and leaves the next row alone, and a run ends with exactly one row per recorded step.
+- Gradient accumulation (several forward/backward passes per `w.step()`): the activation statistics
+  are those of the LAST micro-batch's forward pass (a module called several times in a step counts its
+  last call, shared weights included); the gradient norm is that of the accumulated .grad as it is at
+  `w.step()`.
+- A module that did not run in a step (a branch not taken): NaN statistics and `ran[row, layer]`
+  False. A layer whose parameters are all frozen: grad_norm and update_ratio NaN, `frozen[row, layer]`
+  True; a layer with no .grad at `w.step()` (not in the loss): grad_norm NaN. Tuple/list/dict outputs:
+  the statistics of their first tensor. Activations applied as functions (F.relu(conv(x))) cannot be
+  hooked: `data.unseen` lists them with the module they follow (see stats/unseen.py).
+- Mixed precision with a `torch.amp.GradScaler`: pass it, `watch(model, scaler=scaler)`, and gradient
+  norms are those of the unscaled gradients whether `w.step()` comes after `scaler.step(opt)` (which
+  unscales .grad in place) and `scaler.update()`, between them, or before `scaler.step(opt)` (then the
+  norms are divided by the scale in use; update_ratio needs `w.step()` after the optimizer step).
 """
 
 from __future__ import annotations
@@ -36,9 +58,10 @@ class Watch:
     def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int = 1,
                  with_hist: bool = True, bins: int = 40, hist_range: HistRange = (0.0, 10.0),
                  modules: Iterable[Any] | str | None = None, max_rows: int = 2048,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, scaler: Any = None) -> None:
         self.collector = StatsCollector(model, every=every, with_hist=with_hist, bins=bins, hist_range=hist_range,
                                         modules=modules, max_rows=max_rows)
+        self.collector.scaler = scaler
         self.model = model
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and self.run_dir.exists():
@@ -52,12 +75,8 @@ class Watch:
         if self.run_dir is not None:
             create_run_dir(self.run_dir.parent, self.run_dir.name)
         self.collector.attach()
-        self._begin()
+        self.collector.open_on_forward(self.n_steps)
         return self
-
-    def _begin(self) -> None:
-        if self.collector.begin_step(self.n_steps, self.model.training):
-            self.collector.before_update()
 
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Close the current step: call once per optimizer step, after `opt.step()`, before `zero_grad()`."""
@@ -67,7 +86,7 @@ class Watch:
         if loss is not None:
             self.losses.append(loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(loss))
         self.n_steps += 1
-        self._begin()
+        self.collector.open_on_forward(self.n_steps)
 
     def log(self, **metrics: Any) -> None:
         """Add one row to metrics.jsonl (e.g. epoch=..., accuracy=...)."""
@@ -93,6 +112,7 @@ class Watch:
         self.data.save(self.run_dir / STATS_FILE)
 
     def __exit__(self, *exc: object) -> None:
+        self.collector.abandon_row()  # a forward pass after the last w.step() is no finished step
         self.collector.detach()
         if self.run_dir is not None:
             self.save()
