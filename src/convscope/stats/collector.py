@@ -108,13 +108,13 @@ class StatsCollector:
         return [fine_factor(self.bins, lo, hi) for lo, hi in self.ranges] if self.ranges else []
 
     def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The layers' own parameters, flattened, and which layer each belongs to."""
+        """The layers' own parameters, flattened, and which layer each belongs to. Frozen ones too: a layer
+        frozen from the start is a frozen layer (flagged), not one without parameters."""
         params, owner = [], []
         for i, (_, m) in enumerate(self.named):
             for p in m.parameters(recurse=False):
-                if p.requires_grad:
-                    params.append(p)
-                    owner.append(i)
+                params.append(p)
+                owner.append(i)
         return params, torch.tensor(owner, dtype=torch.long)
 
     # ----------------------------------------------------------------- lifecycle
@@ -159,7 +159,7 @@ class StatsCollector:
         if self.slot < 0:
             return
         output = _first_tensor(output)
-        if output is None:
+        if output is None or output.numel() == 0:  # nothing to count: the layer reads as not run
             return
         if self.ranges is None:
             self._fix_adaptive_ranges(i, output)
@@ -243,7 +243,7 @@ class StatsCollector:
         states = scaler._per_optimizer_states
         if states is not self._scaler_states:
             return None
-        if any(state["stage"].value != 0 for state in states.values()):  # OptState.READY is 0
+        if scaler._scale is None or any(state["stage"].value != 0 for state in states.values()):  # READY is 0
             return None
         return scaler._scale.to(self.buffer.grads.device).float()
 
