@@ -299,3 +299,37 @@ def StatsLayers(model) -> list[str]:  # noqa: N802 - reads as the list it return
     from convscope.stats.hooks import select_modules
 
     return [name for name, _ in select_modules(model)]
+
+
+def test_a_compiled_model_records_every_step_without_recompiling(mnist_small):
+    """torch.compile around a watched model (the eager backend: dynamo's tracing and guards, no codegen)."""
+    import torch._dynamo
+
+    x, y, _, _ = mnist_small
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 26 * 26, 10))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    graphs = {}
+    with watch(model) as w:
+        ref = Reference(model, w.collector.layers)
+        for h in ref.handles:  # our reference hooks run eagerly too, so that they add no graphs of their own
+            h.remove()
+        ref.handles = [m.register_forward_hook(torch._dynamo.disable(ref._hook(n))) for n, m in ref.named]
+        for step in range(60):
+            xb, yb = x[step % 30 * BS:][:BS], y[step % 30 * BS:][:BS]  # full batches: one shape
+            loss = F.cross_entropy(compiled(xb), yb)
+            loss.backward()
+            opt.step()
+            ref.close_step()
+            w.step(loss)
+            opt.zero_grad()
+            graphs[step] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        ref.remove()
+    assert graphs[0] > 0, "dynamo compiled the model"
+    assert graphs[59] == graphs[1], f"graphs made after the first step: {graphs}"
+    assert not has_hooks(model)
+    check_rows(w.data, ref, 60)

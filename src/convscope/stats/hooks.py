@@ -10,6 +10,7 @@ import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from convscope.errors import ConfigError
@@ -75,7 +76,10 @@ def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int) -> HookFn:
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
         fn(index, module, inputs, output)
 
-    return hook
+    # Around a torch.compile'd model, dynamo would trace into the hook and guard on the collector's state
+    # (the open row's slot, changing every step), recompiling until its cache limit. Run eagerly instead:
+    # one graph break per watched module, the same graphs every step.
+    return torch._dynamo.disable(hook, recursive=True)
 
 
 def has_hooks(model: nn.Module) -> bool:
