@@ -423,6 +423,16 @@ def damaged_stats(case: Case) -> None:
     (case.copy_run() / "stats.npz").write_bytes(np.random.default_rng(0).bytes(1000))
 
 
+@setup("diagnose-of-a-run-whose-stats-npz-has-a-damaged-ran-mask")
+def damaged_ran_mask(case: Case) -> None:
+    path = case.copy_run() / "stats.npz"
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    arrays["ran"] = np.ones((1, 1), dtype=bool)  # the per-row, per-layer mask of the wrong shape
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
 def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:
     return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
 

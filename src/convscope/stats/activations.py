@@ -6,8 +6,13 @@
     learn.activation_stats.color_dim("conv1.bn")
 
 Only training batches are recorded (hooks on during validation cost time and mix in eval-mode
-numbers). Hooks are put on in `before_fit` and always removed in `after_fit`, which the Learner runs
-even when training raises or is interrupted.
+numbers), and within them only training forward passes (module.training, grad enabled, not inference
+mode): the same rules as `watch()`, listed in stats/collector.py. `ran`, `frozen` and `unseen` say
+where a NaN means "did not run" or "frozen", and what the hooks could not see (activations applied as
+functions, layers that never ran).
+
+Hooks are put on in `before_fit` and always removed in `after_fit`, which the Learner runs even when
+training raises or is interrupted.
 """
 
 from __future__ import annotations
@@ -125,6 +130,10 @@ class ActivationStats(Callback):
     hist_range = property(lambda self: self.data.hist_range)
     grad_norm = property(lambda self: self.data.grad_norm)
     update_ratio = property(lambda self: self.data.update_ratio)
+    ran = property(lambda self: self.data.ran)
+    frozen = property(lambda self: self.data.frozen)
+    unseen = property(lambda self: self.data.unseen)
+    never_ran = property(lambda self: self.data.never_ran)
 
     def layer(self, layer: str | int) -> dict[str, np.ndarray]:
         return self.data.layer(layer)
