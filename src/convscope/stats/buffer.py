@@ -69,6 +69,9 @@ class StatsBuffer:
         # A layer that does not run in this row (a branch not taken) must not show the slot's last numbers.
         self.sizes[slot] = 0
         self.frozen[slot] = False
+        if self.across_ranks:  # rows are summed over ranks: a layer that ran on another rank only adds zeros here
+            self.values[slot].zero_()
+            self.hist[slot].zero_()
         return slot
 
     def channel_max_row(self, slot: int, layer: int, channels: int) -> torch.Tensor | None:
