@@ -32,7 +32,7 @@ from convscope.dist.context import refuse_under_torchrun
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
 from convscope.experiments.run import run_training
-from convscope.experiments.setup import load_data
+from convscope.experiments.setup import build_batches, build_model, load_data
 from convscope.runs.store import atomic_write_json, create_run_dir, read_npz
 from convscope.stats.noise_scale import GradientNoiseScale
 from convscope.train.callback import Callback
@@ -79,6 +79,7 @@ class SweepConfig:
     base_bs: int = 512
     dataset: str = "mnist"
     data_root: str | None = None
+    model: str | None = None  # MODULE:FACTORY (see TrainConfig.model); None: the book's simple_cnn
     seed: int = 42
     device: str = "auto"
     out: str = "runs"
@@ -107,7 +108,7 @@ class SweepConfig:
 
     def train_config(self, bs: int, out: str) -> TrainConfig:
         """The `convscope train` settings of one setting of the sweep."""
-        return TrainConfig(dataset=self.dataset, data_root=self.data_root, epochs=self.epochs,
+        return TrainConfig(dataset=self.dataset, data_root=self.data_root, model=self.model, epochs=self.epochs,
                            lr=scaled_lr(self.lr, bs, self.base_bs, self.lr_scaling), bs=bs, seed=self.seed,
                            device=self.device, out=out, name=f"bs{bs}", limit_train=self.limit_train)
 
@@ -241,6 +242,15 @@ def _n_train(cfg: SweepConfig) -> int:
     return n if cfg.limit_train is None else min(n, cfg.limit_train)
 
 
+def _check_model(cfg: SweepConfig, device: torch.device) -> None:
+    """Build the model once here, at the largest batch size, so that a bad --model or one too big for the
+    device is refused with its one line before the sweep folder exists (the settings' processes would each
+    fail with a traceback)."""
+    train_cfg = cfg.train_config(max(cfg.batch_sizes), out=cfg.out)
+    _, _, info = build_batches(train_cfg, device)
+    build_model(train_cfg, info, device)
+
+
 def _steps_to_target(sweep_dir: Path, rows: list[dict[str, Any]]) -> float:
     """Add `steps_to_target`: the first step whose smoothed train loss is <= a loss every run reaches.
 
@@ -271,6 +281,7 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
     if too_big:
         raise ConfigError(f"batch sizes {too_big} are larger than the training set ({n_train} images)"
                           + (" after --limit-train" if cfg.limit_train is not None else ""))
+    _check_model(cfg, device)
     name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-bs-sweep"
     sweep_dir = create_run_dir(cfg.out, name)
     rows = []
