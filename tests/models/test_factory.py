@@ -48,7 +48,9 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def user_dir(tmp_path: Path) -> Path:
+def user_dir(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's folder: their model file, and CONVSCOPE_DATA naming the real MNIST files."""
+    monkeypatch.setenv("CONVSCOPE_DATA", str(data_dir))
     (tmp_path / "usermodels.py").write_text(USER_MODELS)
     return tmp_path
 
@@ -204,3 +206,54 @@ def test_the_default_model_is_the_books_cnn_whatever_the_meta_estimate_did():
     for key, value in book.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
+
+
+COUNTED = '''
+from pathlib import Path
+
+from usermodels import functional
+
+
+def counted(in_channels, n_classes):
+    """usermodels.functional, noting each call's arguments in built.txt."""
+    with Path("built.txt").open("a") as f:
+        f.write(f"{in_channels} {n_classes}\\n")
+    return functional(in_channels=in_channels, n_classes=n_classes)
+'''
+
+
+def test_lr_find_sweeps_a_users_model(user_dir):
+    (user_dir / "counting.py").write_text(COUNTED)
+    proc = cli(user_dir, "lr-find", "--model", "counting:counted", "--num-it", "5", "--repeats", "1", "--bs", "128",
+               "--device", "cpu", "--name", "lr")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((user_dir / "runs" / "lr" / "config.json").read_text())["model"] == "counting:counted"
+    assert (user_dir / "runs" / "lr" / "lr_find.json").exists()
+    # built twice: once on the meta device for the memory estimate, once for real; MNIST: 1 channel, 10 classes
+    assert (user_dir / "built.txt").read_text().splitlines() == ["1 10", "1 10"]
+
+
+def test_bs_sweep_trains_a_users_model_at_each_batch_size(user_dir):
+    (user_dir / "counting.py").write_text(COUNTED)
+    proc = cli(user_dir, "bs-sweep", "--model", "counting:counted", "--bs", "128,256", "--limit-train", "1024",
+               "--device", "cpu", "--name", "sweep")
+    assert proc.returncode == 0, proc.stderr
+    for bs in (128, 256):
+        config = json.loads((user_dir / "runs" / "sweep" / f"bs{bs}" / "config.json").read_text())
+        assert config["model"] == "counting:counted" and config["bs"] == bs
+    # the check in the sweep's own process, then each setting's process: meta copy and real model each time
+    assert (user_dir / "built.txt").read_text().splitlines() == ["1 10"] * 6
+
+
+def test_a_bad_model_stops_a_bs_sweep_before_its_folder_exists(data_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from convscope.cli import app
+
+    monkeypatch.setenv("CONVSCOPE_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bs-sweep", "--model", "no_such_models_t:net", "--bs", "128", "--device", "cpu",
+                                      "--limit-train", "1024", "--name", "sweep"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: model factory 'no_such_models_t:net': cannot import module")
+    assert not (tmp_path / "runs").exists()
