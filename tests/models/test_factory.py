@@ -257,3 +257,15 @@ def test_a_bad_model_stops_a_bs_sweep_before_its_folder_exists(data_dir, tmp_pat
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: model factory 'no_such_models_t:net': cannot import module")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_settings_process_reports_a_bad_model_in_one_line(user_dir):
+    """A setting's own process (the GPU case, where only it checks the memory) prints its refusal as one line."""
+    spec = {"train": TrainConfig(model="no_such_models_t:net", device="cpu", limit_train=1024, bs=128,
+                                 out=str(user_dir / "runs")).to_dict(), "gns_every": 1, "threads": 1}
+    proc = subprocess.run([sys.executable, "-m", "convscope.experiments.bs_sweep", json.dumps(spec)], cwd=user_dir,
+                          capture_output=True, text=True, env=dict(os.environ), timeout=900)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: model factory 'no_such_models_t:net': cannot import module")
+    assert "\n" not in proc.stderr.strip() and "Traceback" not in proc.stderr
+    assert not (user_dir / "runs").exists()

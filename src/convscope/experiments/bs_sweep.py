@@ -30,7 +30,7 @@ import torch
 from convscope.config import TrainConfig, check_whole_number, is_whole_number
 from convscope.dist.context import refuse_under_torchrun
 from convscope.dist.devices import resolve_device
-from convscope.errors import ConfigError, RunError
+from convscope.errors import ConfigError, ConvscopeError, RunError
 from convscope.experiments.run import run_training
 from convscope.experiments.setup import build_batches, build_model, load_data
 from convscope.runs.store import atomic_write_json, create_run_dir, read_npz
@@ -216,7 +216,11 @@ def _run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    row = _run_setting_here(json.loads(argv[0]))
+    try:
+        row = _run_setting_here(json.loads(argv[0]))
+    except ConvscopeError as exc:  # e.g. a model too big for the GPU at this batch size: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(row))  # the last line of stdout is the parent's answer
 
 
@@ -243,12 +247,13 @@ def _n_train(cfg: SweepConfig) -> int:
 
 
 def _check_model(cfg: SweepConfig, device: torch.device) -> None:
-    """Build the model once here, at the largest batch size, so that a bad --model or one too big for the
-    device is refused with its one line before the sweep folder exists (the settings' processes would each
-    fail with a traceback)."""
+    """Build the model once here, with the data on the CPU, so that a bad --model is refused in one line before
+    the sweep folder exists. On the CPU the memory check runs here too, at the largest batch size; a GPU is
+    left untouched by this process (a CUDA context and cached memory here would be taken from the settings'
+    processes), and each setting's process checks its own batch size there."""
     train_cfg = cfg.train_config(max(cfg.batch_sizes), out=cfg.out)
-    _, _, info = build_batches(train_cfg, device)
-    build_model(train_cfg, info, device)
+    _, _, info = build_batches(train_cfg, torch.device("cpu"))
+    build_model(train_cfg, info, device if device.type == "cpu" else None)
 
 
 def _steps_to_target(sweep_dir: Path, rows: list[dict[str, Any]]) -> float:

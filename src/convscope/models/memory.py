@@ -15,7 +15,6 @@ kept), allocator slack. The estimate is what training cannot do without; a run n
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,11 @@ import torch
 from torch import nn
 
 from convscope.errors import ConfigError
+
+try:
+    import resource  # Unix only; elsewhere there is no address-space limit to read
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 __all__ = ["MemoryEstimate", "available_memory", "check_fits", "estimate_training_memory", "format_bytes"]
 
@@ -166,9 +170,9 @@ def available_memory(device: torch.device) -> tuple[int, str] | None:
     meminfo = _meminfo_available()
     if meminfo is not None:
         found.append((meminfo, "available on the CPU (MemAvailable in /proc/meminfo)"))
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS) if resource is not None else (None, None)
     in_use = _address_space_in_use()
-    if soft != resource.RLIM_INFINITY and in_use is not None:
+    if soft is not None and soft != resource.RLIM_INFINITY and in_use is not None:
         found.append((max(0, soft - in_use), f"left under the address-space limit RLIMIT_AS {format_bytes(soft)} "
                                              f"({format_bytes(in_use)} of it in use)"))
     return min(found) if found else None
