@@ -164,3 +164,27 @@ def test_the_refusal_uses_the_address_space_limit(data_dir, tmp_path):
     assert not (tmp_path / "runs" / "big").exists()
     book = limited("--name", "book")
     assert book.returncode == 0, book.stderr
+
+
+@pytest.mark.parametrize("room_for, expected_valid_bs", [(300, 300), (64, 64), (5000, 1024)])
+def test_validation_batches_shrink_to_what_memory_allows(monkeypatch, room_for, expected_valid_bs):
+    """bs 64 with 2000 filters in the first conv: the 1024-image validation batches shrink to the largest batch
+    that fits (never below bs), computed here by hand: per image the image and twice each block's grid (ReLU
+    and BN outputs) plus the last BN's input; fixed: parameters, gradients, AdamW's two copies, the BN buffers
+    and each BN's saved mean and inverse std."""
+    from convscope.config import TrainConfig
+    from convscope.data.batches import DeviceBatches
+    from convscope.experiments.setup import build_model
+    from convscope.models import memory
+
+    channels = (2000, 16, 32, 64)
+    grids = [(2000, 14), (16, 7), (32, 4), (64, 2)]
+    per_image = (28 * 28 + sum(2 * c * g * g for c, g in grids) + 10) * FLOAT
+    n_params = sum(p.numel() for p in simple_cnn(channels=channels).parameters())
+    bn = sum(channels) + 10
+    fixed = 4 * n_params * FLOAT + (2 * bn * FLOAT + 5 * 8) + 2 * bn * FLOAT
+    monkeypatch.setattr(memory, "available_memory", lambda device: (fixed + room_for * per_image, "test"))
+    valid = DeviceBatches(torch.zeros(2048, 1, 28, 28), torch.zeros(2048, dtype=torch.int64), 1024)
+    info = {"in_channels": 1, "image_size": [28, 28], "classes": list(range(10))}
+    build_model(TrainConfig(channels=channels, bs=64), info, torch.device("cpu"), valid)
+    assert valid.bs == expected_valid_bs

@@ -81,7 +81,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         cfg = per_rank_batch(cfg, resume, dist_info.world_size)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights
     train_dl, valid_dl, info = build_batches(cfg, device, dist_info.rank, dist_info.world_size)
-    model = build_model(cfg, info, device)  # refuses a model too big for the device before the run folder
+    model = build_model(cfg, info, device, valid_dl)  # refuses a model too big for the device before the run folder
     check_freeze(model, cfg.freeze)  # a wrong layer name fails here, before the run folder exists
     if cfg.sync_bn and dist_info.distributed:
         model = sync_batchnorm(model, device)

@@ -21,6 +21,7 @@ from convscope.data.batches import DeviceBatches, normalize_images
 from convscope.data.folders import load_image_folder
 from convscope.data.sources import DATASETS, ImageData, load_dataset
 from convscope.errors import ConfigError
+from convscope.models import memory
 from convscope.models.cnn import simple_cnn
 from convscope.models.factory import build_from_factory, check_output, load_factory
 from convscope.models.memory import MemoryEstimate, check_fits, estimate_training_memory
@@ -85,7 +86,8 @@ def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
-def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None) -> nn.Module:
+def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None,
+                valid: DeviceBatches | None = None) -> nn.Module:
     """The model `cfg` describes (`cfg.model`'s factory, else the book's simple_cnn), for data described by
     `info` (build_batches' third result: its in_channels, image_size and classes). Every command that trains
     builds its model here.
@@ -93,7 +95,10 @@ def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None
     The model's output on a batch of the data's image shape must be [N, n_classes]. With `device`, the memory
     training needs at `cfg.bs` is estimated first, on a copy built on the meta device (nothing allocated),
     and a ConfigError says so when it cannot fit there. A model that cannot be built on the meta device is
-    built for real first and measured with two small batches.
+    built for real first and measured with two small batches. `valid` (build_batches' validation batches,
+    max(bs, 1024) images each) shrink, not below bs, to the largest batch the same estimate lets fit: a model
+    that trains at bs 64 must not run out of memory validating 1024 images at once (the estimate of what
+    training keeps per image bounds what a forward pass without gradients holds).
     """
     shape = (info["in_channels"], *info["image_size"])
     n_classes = len(info["classes"])
@@ -117,9 +122,21 @@ def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None
         check_fits(estimate, device)
     model = make()
     check_output(model, shape, n_classes, what)
-    if device is not None and estimate is None:
-        check_fits(estimate_training_memory(model, shape, cfg.bs, cfg.opt), device)
+    if device is not None:
+        if estimate is None:
+            estimate = estimate_training_memory(model, shape, cfg.bs, cfg.opt)
+            check_fits(estimate, device)
+        if valid is not None:
+            _fit_validation(valid, estimate, device)
     return model
+
+
+def _fit_validation(valid: DeviceBatches, estimate: MemoryEstimate, device: torch.device) -> None:
+    """Validation batches no larger than the memory allows (validation results do not depend on their size)."""
+    limit = memory.available_memory(device)
+    if limit is None or valid.bs <= estimate.bs:
+        return
+    valid.bs = max(estimate.bs, min(valid.bs, estimate.largest_bs(limit[0])))
 
 
 def _estimate_on_meta(make: Callable[[], nn.Module], shape: tuple[int, ...], cfg: TrainConfig) -> MemoryEstimate | None:

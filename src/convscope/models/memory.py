@@ -4,13 +4,15 @@ The estimate has four parts: parameters (and buffers), their gradients, the opti
 two tensors per parameter, exp_avg and exp_avg_sq; SGD with momentum one), and the activations autograd
 keeps for the backward pass at the batch size. The activations are measured, not guessed: one training-mode
 forward pass records, through `torch.autograd.graph.saved_tensors_hooks`, every tensor autograd saves
-(each once, parameters and buffers left out), at batch sizes 2 and 4; the difference is the cost per image,
-the rest the part that does not grow with the batch. On a model built on the `meta` device this pass
-allocates nothing, so a model that needs 100 GB is refused in a fraction of a second.
+(each once; parameters, buffers and views of them left out), at batch sizes 2 and 4; the difference is the
+cost per image, the rest the part that does not grow with the batch (how close that comes to a real batch:
+docs/measurements.md#models-memory). On a model built on the `meta` device this pass
+allocates nothing, so a model that needs 100 GB is refused without ever allocating it.
 
 Not counted: the data (already on the device when the check runs, so it is no longer in the free memory),
-the short-lived gradients of the backward pass and the validation forward pass (bs max(bs, 1024), no graph
-kept), allocator slack. The estimate is what training cannot do without; a run near the limit can still fail.
+the short-lived gradients of the backward pass, the validation forward pass (no graph kept; its batches are
+shrunk to what this estimate lets fit, by experiments.setup.build_model), allocator slack. The estimate
+is what training cannot do without; a run near the limit can still fail.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     seen: dict[int, torch.Tensor] = {}  # holding each tensor keeps its id from being reused by another
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in own and id(t) not in seen:
+        # a view of a parameter (a Linear saves its weight transposed) is that parameter's memory, not new
+        base = t._base if t._base is not None else t
+        if id(base) not in own and id(t) not in seen:
             seen[id(t)] = t
         return t
 
@@ -179,9 +183,10 @@ def available_memory(device: torch.device) -> tuple[int, str] | None:
 
 
 def check_fits(estimate: MemoryEstimate, device: torch.device,
-               available: Callable[[torch.device], tuple[int, str] | None] = available_memory) -> None:
-    """ConfigError, with the estimate, its parts, the limit and what to change, when training cannot fit."""
-    limit = available(device)
+               available: Callable[[torch.device], tuple[int, str] | None] | None = None) -> None:
+    """ConfigError, with the estimate, its parts, the limit and what to change, when training cannot fit.
+    `available` defaults to `available_memory`."""
+    limit = (available or available_memory)(device)
     if limit is None or estimate.total <= limit[0]:
         return
     free, where = limit
