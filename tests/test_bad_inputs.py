@@ -153,7 +153,8 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "label-smoothing-of-1-in-a-config", "unknown-model-head", "unknown-model-head-in-a-config",
        "crop-larger-than-the-images", "crop-0", "freeze-of-a-layer-the-model-lacks", "freeze-without-a-fraction",
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
-       "crop-plus-its-shift-margin-larger-than-the-images")
+       "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
+       "model-too-big-for-memory")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 
@@ -272,6 +273,31 @@ def mixed_sizes(case: Case) -> None:
     single_class(case)
     _png(case.tmp / "imgs" / "dog" / "a.png")
     _png(case.tmp / "imgs" / "dog" / "b.png", size=(10, 8))
+
+
+# Users' model files for the --model rows, by row: file name (a module name no other row imports) and code.
+_NET = "from torch import nn\n\n\ndef net(in_channels, n_classes):\n"
+MODEL_FILES = {
+    "model-whose-module-fails-to-import": ("models_broken", "import nosuchpackage\n"),
+    "model-naming-an-attribute-the-module-lacks": ("models_noattr", "def net(in_channels, n_classes): ...\n"),
+    "model-naming-something-not-callable": ("models_value", "net = 3\n"),
+    "model-whose-factory-raises": ("models_raises", "def net(in_channels, n_classes):\n"
+                                                    "    raise ValueError(f'no model for {in_channels} channels')\n"),
+    "model-whose-factory-returns-no-module": ("models_list", _NET + "    return [nn.Linear(784, n_classes)]\n"),
+    "model-with-the-wrong-output-shape": ("models_shape", _NET + "    return nn.Conv2d(in_channels, n_classes, 3)\n"),
+}
+
+
+def users_model_file(case: Case, key: str) -> None:
+    """The row's model file in <tmp> (the current folder, which --model imports from), never cached."""
+    module, code = MODEL_FILES[key]
+    (case.tmp / f"{module}.py").write_text(code)
+    case.monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ beside the user's file
+    case.monkeypatch.delitem(sys.modules, module, raising=False)
+
+
+for _key in MODEL_FILES:
+    setup(_key)(lambda case, key=_key: users_model_file(case, key))
 
 
 @setup("pct-start-outside-0-1-in-a-fit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,19 @@ SCHEDULES = ("one-cycle", "constant")
 # The optimizers `opt` may name; train/learner.py holds their factories, keyed by these names (config sits
 # below train, so the names live here, where both can see them).
 OPTIMIZER_NAMES = ("adamw", "sgd")
+
+
+# MODULE:FACTORY, e.g. "mymodels:resnet" or "pkg.models:Net.build": dotted Python names on both sides.
+_MODEL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def split_model_spec(spec: object) -> tuple[str, str]:
+    """'pkg.module:factory' -> ('pkg.module', 'factory'); ConfigError for anything else."""
+    if not isinstance(spec, str) or not _MODEL_SPEC.fullmatch(spec):
+        raise ConfigError(f"model must be MODULE:FACTORY such as mymodels:resnet (a function of in_channels and "
+                          f"n_classes that returns an nn.Module), got {spec!r}")
+    module, _, attr = spec.partition(":")
+    return module, attr
 
 
 def is_whole_number(value: object, minimum: int = 1) -> bool:
@@ -52,6 +66,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (falls back to eager, with a warning, if it fails)
     sync_bn: bool = False  # multi-process: BatchNorm statistics over the global batch of all ranks
     recipe: str = "book"  # the named recipe these settings started from (see recipes.py)
+    # "module:factory": a callable of in_channels= and n_classes= returning an nn.Module, imported with the
+    # current folder on sys.path; None is the book's simple_cnn, which the next four settings shape.
+    model: str | None = None
     channels: tuple[int, ...] = (8, 16, 32, 64)
     first_kernel: int = 5
     head: str = "conv"  # "conv" (the book's last conv) or "linear" (flatten + Linear; see models/cnn.py)
@@ -99,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (isinstance(self.wd, (int, float)) and math.isfinite(self.wd) and self.wd >= 0):
             raise ConfigError(f"wd (weight decay) must be >= 0, got {self.wd!r}")
+        if self.model is not None:
+            split_model_spec(self.model)
         self.channels = tuple(self.channels)
         if not self.channels or not all(is_whole_number(c) for c in self.channels):
             raise ConfigError(f"channels must be whole numbers >= 1, got {self.channels!r}")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from convscope.cli.app import console, err
-from convscope.cli.options import DataRoot, Dataset, Device
+from convscope.cli.options import DataRoot, Dataset, Device, Model
 
 
 def _progress(row: dict[str, Any]) -> None:
@@ -52,6 +52,7 @@ def bs_sweep_command(
     base_bs: Annotated[int, typer.Option(help="the batch size at which --lr applies")] = 512,
     dataset: Dataset = "mnist",
     data_root: DataRoot = None,
+    model: Model = None,
     seed: Annotated[int, typer.Option(help="random seed: the same initial weights for every setting")] = 42,
     device: Device = "auto",
     out: Annotated[str, typer.Option(help="parent folder of the sweep folder")] = "runs",
@@ -77,8 +78,8 @@ def bs_sweep_command(
     )
 
     cfg = SweepConfig(batch_sizes=parse_batch_sizes(bs), epochs=epochs, lr=lr, lr_scaling=lr_scaling,
-                      base_bs=base_bs, dataset=dataset, data_root=data_root, seed=seed, device=device, out=out,
-                      name=name, limit_train=limit_train, gns_every=gns_every, threads=threads)
+                      base_bs=base_bs, dataset=dataset, data_root=data_root, model=model, seed=seed, device=device,
+                      out=out, name=name, limit_train=limit_train, gns_every=gns_every, threads=threads)
     result = run_sweep(cfg, on_setting=_progress)
     # 11 columns need more than the 80 characters rich assumes when stdout is a file or a pipe.
     out = console if console.is_terminal else Console(highlight=False, width=140)

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from convscope.cli.app import console
-from convscope.cli.options import DataRoot, Dataset, Device
+from convscope.cli.options import DataRoot, Dataset, Device, Model
 
 if TYPE_CHECKING:
     from convscope.train.lr_finder import LRFindResult
@@ -41,6 +41,7 @@ def lr_find_command(
     dataset: Dataset = "mnist",
     data_root: DataRoot = None,
     bs: Annotated[int, typer.Option(help="batch size (the lr that works depends on it)")] = 512,
+    model: Model = None,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm after each conv")] = True,
     start_lr: Annotated[float, typer.Option(help="learning rate of the first step")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="learning rate of the last step")] = 10.0,
@@ -51,7 +52,7 @@ def lr_find_command(
     out: Annotated[str, typer.Option(help="parent folder of run folders")] = "runs",
     name: Annotated[str | None, typer.Option(help="run folder name (default: time, dataset, lr-find)")] = None,
 ) -> None:
-    """Find a learning rate: sweep it up exponentially on the book's simple CNN and watch the loss.
+    """Find a learning rate: sweep it up exponentially on the book's simple CNN (or --model) and watch the loss.
 
     Prints fastai's suggestions and the edge where the loss turns up (median, min, max over the sweeps).
 
@@ -62,8 +63,8 @@ def lr_find_command(
     from convscope.config import TrainConfig
     from convscope.experiments.lr_find import find_lr  # torch loads only when the command runs
 
-    cfg = TrainConfig(dataset=dataset, data_root=data_root, bs=bs, bn=bn, seed=seed, device=device, out=out,
-                      name=name)
+    cfg = TrainConfig(dataset=dataset, data_root=data_root, model=model, bs=bs, bn=bn, seed=seed, device=device,
+                      out=out, name=name)
     run_dir, result = find_lr(cfg, start_lr, end_lr, num_it, repeats)
     n = len(result.sweeps)
     console.print(_suggestions_table(result, f"LR finder, {n} sweep{'s' if n > 1 else ''} of {num_it} steps, "

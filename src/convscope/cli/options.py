@@ -13,6 +13,9 @@ DataRoot = Annotated[
     str | None, typer.Option(help="folder holding the dataset files (else $CONVSCOPE_DATA, cache, download)")
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+Model = Annotated[str | None, typer.Option(
+    help="your own model: MODULE:FACTORY, a function taking in_channels and n_classes that returns an nn.Module "
+         "(the current folder is importable, so mymodels:resnet finds mymodels.py) [default: the book's simple CNN]")]
 LimitTrain = Annotated[int | None, typer.Option(help="use only the first N training images (quick runs)")]
 
 

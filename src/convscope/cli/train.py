@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from convscope.cli.app import console, err
-from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, parse_ints
+from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, Model, parse_ints
 from convscope.errors import ConfigError, ConvscopeError
 
 
@@ -40,6 +40,7 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help="learning rate (the peak lr for one-cycle) "
                                                   "[default: the recipe's, book: 0.06]")] = None,
     bs: Annotated[int | None, typer.Option(help="batch size, per process [default: the recipe's, book: 512]")] = None,
+    model: Model = None,
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="BatchNorm after each conv")] = True,
     schedule: Annotated[str, typer.Option(help="one-cycle or constant")] = "one-cycle",
     channels: Annotated[str | None, typer.Option(help="filters of the stride-2 convs, comma-separated "
@@ -64,7 +65,7 @@ def train_command(
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="with several processes: BatchNorm "
                                           "statistics over the global batch")] = False,
 ) -> None:
-    """Train the book's simple CNN and write a run folder (config, metrics, steps, stats, checkpoint,
+    """Train the book's simple CNN (or --model) and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
     # torch loads only when the command runs, so that `convscope --help` stays fast
     from convscope.config import TrainConfig, check_whole_number
@@ -91,6 +92,7 @@ def train_command(
         if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
             settings["epochs"] = int(settings["epochs"])
         cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
+                          model=model,
                           out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe, **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)

@@ -30,9 +30,9 @@ import torch
 from convscope.config import TrainConfig, check_whole_number, is_whole_number
 from convscope.dist.context import refuse_under_torchrun
 from convscope.dist.devices import resolve_device
-from convscope.errors import ConfigError, RunError
+from convscope.errors import ConfigError, ConvscopeError, RunError
 from convscope.experiments.run import run_training
-from convscope.experiments.setup import load_data
+from convscope.experiments.setup import build_batches, build_model, load_data
 from convscope.runs.store import atomic_write_json, create_run_dir, read_npz
 from convscope.stats.noise_scale import GradientNoiseScale
 from convscope.train.callback import Callback
@@ -79,6 +79,7 @@ class SweepConfig:
     base_bs: int = 512
     dataset: str = "mnist"
     data_root: str | None = None
+    model: str | None = None  # MODULE:FACTORY (see TrainConfig.model); None: the book's simple_cnn
     seed: int = 42
     device: str = "auto"
     out: str = "runs"
@@ -107,7 +108,7 @@ class SweepConfig:
 
     def train_config(self, bs: int, out: str) -> TrainConfig:
         """The `convscope train` settings of one setting of the sweep."""
-        return TrainConfig(dataset=self.dataset, data_root=self.data_root, epochs=self.epochs,
+        return TrainConfig(dataset=self.dataset, data_root=self.data_root, model=self.model, epochs=self.epochs,
                            lr=scaled_lr(self.lr, bs, self.base_bs, self.lr_scaling), bs=bs, seed=self.seed,
                            device=self.device, out=out, name=f"bs{bs}", limit_train=self.limit_train)
 
@@ -215,7 +216,11 @@ def _run_setting_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    row = _run_setting_here(json.loads(argv[0]))
+    try:
+        row = _run_setting_here(json.loads(argv[0]))
+    except ConvscopeError as exc:  # e.g. a model too big for the GPU at this batch size: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(row))  # the last line of stdout is the parent's answer
 
 
@@ -239,6 +244,16 @@ def _n_train(cfg: SweepConfig) -> int:
     # the same loader `convscope train` uses: same errors, same data
     n = len(load_data(cfg.train_config(cfg.batch_sizes[0], out=cfg.out)).train_labels)
     return n if cfg.limit_train is None else min(n, cfg.limit_train)
+
+
+def _check_model(cfg: SweepConfig, device: torch.device) -> None:
+    """Build the model once here, with the data on the CPU, so that a bad --model is refused in one line before
+    the sweep folder exists. On the CPU the memory check runs here too, at the largest batch size; a GPU is
+    left untouched by this process (a CUDA context and cached memory here would be taken from the settings'
+    processes), and each setting's process checks its own batch size there."""
+    train_cfg = cfg.train_config(max(cfg.batch_sizes), out=cfg.out)
+    _, _, info = build_batches(train_cfg, torch.device("cpu"))
+    build_model(train_cfg, info, device if device.type == "cpu" else None)
 
 
 def _steps_to_target(sweep_dir: Path, rows: list[dict[str, Any]]) -> float:
@@ -271,6 +286,7 @@ def run_sweep(cfg: SweepConfig, on_setting: Callable[[dict[str, Any]], None] | N
     if too_big:
         raise ConfigError(f"batch sizes {too_big} are larger than the training set ({n_train} images)"
                           + (" after --limit-train" if cfg.limit_train is not None else ""))
+    _check_model(cfg, device)
     name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-bs-sweep"
     sweep_dir = create_run_dir(cfg.out, name)
     rows = []

@@ -41,7 +41,7 @@ def _run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # the same initial weights as `convscope train --seed`
     train_dl, valid_dl, info = build_batches(cfg, device)
-    learn = Learner(build_model(cfg, info), train_dl, valid_dl, wd=cfg.wd, device=device)
+    learn = Learner(build_model(cfg, info, device, valid_dl), train_dl, valid_dl, wd=cfg.wd, device=device)
     result = lr_find(learn, start_lr=start_lr, end_lr=end_lr, num_it=num_it, repeats=repeats, seed=cfg.seed)
     config = {**cfg.to_dict(), "command": "lr-find", "lr_find": result.settings, "data": info,
               "versions": versions(device)}

@@ -62,7 +62,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
 
 def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = (), stats: bool = True,
           resume: str | Path | None = None, checkpoint_every: int | None = None) -> TrainResult:
-    """Train simple_cnn as `cfg` says and write the run directory under `cfg.out`.
+    """Train the model `cfg` names (simple_cnn by default) as it says and write the run directory under `cfg.out`.
 
     stats: record ActivationStats (stats.npz; unless `cbs` already holds one), diagnose the run
     (findings.json) and write report.html into the run folder after fit.
@@ -81,7 +81,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         cfg = per_rank_batch(cfg, resume, dist_info.world_size)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights
     train_dl, valid_dl, info = build_batches(cfg, device, dist_info.rank, dist_info.world_size)
-    model = build_model(cfg, info)
+    model = build_model(cfg, info, device, valid_dl)  # refuses a model too big for the device before the run folder
     check_freeze(model, cfg.freeze)  # a wrong layer name fails here, before the run folder exists
     if cfg.sync_bn and dist_info.distributed:
         model = sync_batchnorm(model, device)

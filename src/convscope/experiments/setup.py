@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +21,10 @@ from convscope.data.batches import DeviceBatches, normalize_images
 from convscope.data.folders import load_image_folder
 from convscope.data.sources import DATASETS, ImageData, load_dataset
 from convscope.errors import ConfigError
+from convscope.models import memory
 from convscope.models.cnn import simple_cnn
+from convscope.models.factory import build_from_factory, check_output, load_factory
+from convscope.models.memory import MemoryEstimate, check_fits, estimate_training_memory
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
@@ -82,18 +86,77 @@ def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
-def build_model(cfg: TrainConfig, info: dict) -> nn.Sequential:
-    """The model `cfg` describes, for data described by `info` (build_batches' third result: its
-    in_channels, image_size and classes). Every command that trains builds its model here."""
-    model = simple_cnn(channels=cfg.channels, n_classes=len(info["classes"]), in_channels=info["in_channels"],
-                       first_kernel=cfg.first_kernel, bn=cfg.bn, head=cfg.head, image_size=tuple(info["image_size"]))
-    return _fit_to_input(model, info)
+def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None,
+                valid: DeviceBatches | None = None) -> nn.Module:
+    """The model `cfg` describes (`cfg.model`'s factory, else the book's simple_cnn), for data described by
+    `info` (build_batches' third result: its in_channels, image_size and classes). Every command that trains
+    builds its model here.
+
+    The model's output on a batch of the data's image shape must be [N, n_classes]. With `device`, the memory
+    training needs at `cfg.bs` is estimated first, on a copy built on the meta device (nothing allocated),
+    and a ConfigError says so when it cannot fit there. A model that cannot be built on the meta device is
+    built for real first and measured with two small batches. `valid` (build_batches' validation batches,
+    max(bs, 1024) images each) shrink, not below bs, to the largest batch the same estimate lets fit: a model
+    that trains at bs 64 must not run out of memory validating 1024 images at once (the estimate of what
+    training keeps per image bounds what a forward pass without gradients holds).
+    """
+    shape = (info["in_channels"], *info["image_size"])
+    n_classes = len(info["classes"])
+    if cfg.model is None:
+        what = "simple_cnn"
+
+        def make() -> nn.Module:
+            model = simple_cnn(channels=cfg.channels, n_classes=n_classes, in_channels=info["in_channels"],
+                               first_kernel=cfg.first_kernel, bn=cfg.bn, head=cfg.head,
+                               image_size=tuple(info["image_size"]))
+            return _fit_to_input(model, shape)
+    else:
+        what = f"the model of factory {cfg.model!r}"
+        factory = load_factory(cfg.model)  # an import error is reported here, before anything is built
+
+        def make() -> nn.Module:
+            return build_from_factory(cfg.model, factory, info["in_channels"], n_classes)
+
+    estimate = _estimate_on_meta(make, shape, cfg) if device is not None else None
+    if estimate is not None:
+        check_fits(estimate, device)
+    model = make()
+    check_output(model, shape, n_classes, what)
+    if device is not None:
+        if estimate is None:
+            estimate = estimate_training_memory(model, shape, cfg.bs, cfg.opt)
+            check_fits(estimate, device)
+        if valid is not None:
+            _fit_validation(valid, estimate, device)
+    return model
 
 
-def _fit_to_input(model: nn.Sequential, info: dict) -> nn.Sequential:
+def _fit_validation(valid: DeviceBatches, estimate: MemoryEstimate, device: torch.device) -> None:
+    """Validation batches no larger than the memory allows (validation results do not depend on their size)."""
+    limit = memory.available_memory(device)
+    if limit is None or valid.bs <= estimate.bs:
+        return
+    valid.bs = max(estimate.bs, min(valid.bs, estimate.largest_bs(limit[0])))
+
+
+def _estimate_on_meta(make: Callable[[], nn.Module], shape: tuple[int, ...], cfg: TrainConfig) -> MemoryEstimate | None:
+    """The memory estimate of a copy of the model built on the meta device, or None where that copy cannot be
+    built or run (a factory that loads weights, calls .item(), or fails: the real build then says why)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build draws the same weights
+            model = make()
+            if not isinstance(model, nn.Module):
+                return None
+            return estimate_training_memory(model, shape, cfg.bs, cfg.opt)
+    except Exception:
+        return None
+
+
+def _fit_to_input(model: nn.Sequential, shape: tuple[int, ...]) -> nn.Sequential:
     """The book's CNN ends at a 1x1 grid for 28x28 inputs; for other sizes average the last grid first."""
+    first = next(model.parameters())
     with torch.no_grad():
-        out = model.eval()(torch.zeros(1, info["in_channels"], *info["image_size"]))
+        out = model.eval()(torch.zeros(1, *shape, device=first.device))
     model.train()
     if out.ndim == 2:
         return model
