@@ -109,7 +109,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if cfg.label_smoothing:
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
     learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
-                    cbs=callbacks, device=device)
+                    cbs=callbacks, device=device, precision=cfg.precision)
     if resume is not None:
         restore(learn, checkpoint)  # the fit below then continues where the checkpoint stands
     if cfg.compile:
