@@ -368,6 +368,8 @@ class Learner:
                 # and FreezeLayers must see true gradients, not ones multiplied by the loss scale.
                 scaler.unscale_(self.opt)
                 unscaled = True
+                # The scaler's own Inf/NaN flags of this step (it skips the update when one is set). The accessor
+                # is private, but the public API only has get_scale(), a host sync, to tell a skip afterwards.
                 self.step_skipped = sum(scaler._found_inf_per_device(self.opt).values())
             self("after_backward")
             self("before_step")
