@@ -102,7 +102,9 @@ class Learner:
     validation) run under `torch.autocast` in that dtype, the weights and the optimizer stay float32. fp16
     scales the loss with a `torch.amp.GradScaler` (`self.scaler`) and unscales the gradients right after
     backward, so every callback from `after_backward` on sees the true gradients; a step whose gradients
-    overflowed is skipped by the scaler (`self.step_skipped`, a 1-element tensor, is 1.0 then).
+    overflowed is skipped by the scaler (`self.step_skipped`, a 1-element tensor, is 1.0 then). Mixed
+    precision pays on GPUs: on a CPU without bf16/fp16 instructions it is many times slower than float32
+    (docs/measurements.md#train-learner-precision).
     """
 
     def __init__(
