@@ -21,7 +21,9 @@ import torch._dynamo
 from torch._dynamo.utils import counters, guard_failures
 
 import convscope.stats.hooks as hooks
+from convscope import TrainConfig
 from convscope.data.batches import DeviceBatches
+from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
 from convscope.stats.activations import ActivationStats
 from convscope.train import Callback, CancelFitException, Learner
@@ -98,6 +100,20 @@ def test_a_compiled_fit_with_statistics_never_recompiles_after_warm_up(mnist_ten
     for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio"):
         np.testing.assert_allclose(getattr(a, name)[0], getattr(b, name)[0], rtol=1e-4, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(a.hist[0], b.hist[0], atol=2e-3)  # a value on a bin edge may move over
+
+
+def test_without_a_cpp_compiler_a_compile_run_trains_eagerly_with_a_warning(data_dir, tmp_path, monkeypatch,
+                                                                          fresh_dynamo):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-c++"))  # what a machine without g++ has
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached kernel would need no compiler
+    cfg = TrainConfig(data_root=str(data_dir), out=str(tmp_path), name="r", bs=256, limit_train=1024, device="cpu",
+                      compile=True)
+    with pytest.warns(UserWarning, match=r"^torch.compile is not available here \(.*C\+\+ compiler.*\); training "
+                                         r"without it$"):
+        result = run_training(cfg, stats=False)
+    assert result.learn.train_model is result.learn.model and result.learn.train_iter == 4
 
 
 @pytest.mark.xfail(strict=True, reason="stats/hooks.py traces its hooks into the compiled graph; wrap the hook "
