@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -154,7 +155,7 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "crop-larger-than-the-images", "crop-0", "freeze-of-a-layer-the-model-lacks", "freeze-without-a-fraction",
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
-       "model-too-big-for-memory")
+       "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 
@@ -437,6 +438,12 @@ def truncated_state(case: Case) -> None:
 @setup("resume-of-a-state-json-with-wrong-content")
 def wrong_state(case: Case) -> None:
     (case.copy_run() / "checkpoint" / "state.json").write_text('{"epoch": "one"}')
+
+
+@setup("resume-of-a-state-json-with-a-damaged-loss-scaler")
+def damaged_scaler(case: Case) -> None:
+    path = case.copy_run() / "checkpoint" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "scaler": {"scale": "big"}}))
 
 
 @setup("resume-of-a-run-whose-config-json-is-not-settings")

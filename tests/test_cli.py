@@ -86,3 +86,26 @@ def test_summary_of_the_linear_head_counts_its_parameters(runner):
     conv5 = 64 * 10 * 9 + 10 + 2 * 10
     head = 256 * 10 + 10 + 2 * 10
     assert "head.fc" in result.stdout and f"{30_542 - conv5 + head:,}" in result.stdout
+
+
+def test_train_with_fp16_writes_it_into_the_run(runner, tmp_path):
+    import json
+
+    import numpy as np
+
+    result = run_train(runner, tmp_path, "--precision", "fp16", "--limit-train", "1024", "--bs", "256",
+                       "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "r"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["precision"], config["compile"]) == ("fp16", False)
+    with np.load(run / "steps.npz") as steps:
+        step, skipped = list(steps["step"]), steps["skipped"]
+    assert step == [0, 1, 2, 3] and set(skipped) <= {0, 1}
+    scaler = json.loads((run / "checkpoint" / "state.json").read_text())["scaler"]
+    assert scaler["scale"] >= 1 and scaler["_growth_tracker"] == 4 - int(skipped.sum())  # no skip: 4 good steps
+
+
+def test_train_offers_precision_and_compile(runner):
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert "--precision" in result.output and "--compile" in result.output and "--no-compile" in result.output

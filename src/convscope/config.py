@@ -14,6 +14,8 @@ SCHEDULES = ("one-cycle", "constant")
 # The optimizers `opt` may name; train/learner.py holds their factories, keyed by these names (config sits
 # below train, so the names live here, where both can see them).
 OPTIMIZER_NAMES = ("adamw", "sgd")
+# The training precisions (train/learner.py maps them to autocast dtypes): float32, or autocast to bf16 / fp16.
+PRECISIONS = ("32", "bf16", "fp16")
 
 
 # MODULE:FACTORY, e.g. "mymodels:resnet" or "pkg.models:Net.build": dotted Python names on both sides.
@@ -64,6 +66,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     channels_last: bool = False  # NHWC memory layout for model and data
     compile: bool = False  # torch.compile the model (falls back to eager, with a warning, if it fails)
+    precision: str = "32"  # "32", "bf16" or "fp16": autocast the forward pass and loss (fp16 with loss scaling)
     sync_bn: bool = False  # multi-process: BatchNorm statistics over the global batch of all ranks
     recipe: str = "book"  # the named recipe these settings started from (see recipes.py)
     # "module:factory": a callable of in_channels= and n_classes= returning an nn.Module, imported with the
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"moms must be three numbers in [0, 1) (start, middle, end), got {self.moms!r}")
         if self.head not in ("conv", "linear"):
             raise ConfigError(f"unknown head {self.head!r}; choose conv or linear")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.opt not in OPTIMIZER_NAMES:
             raise ConfigError(f"unknown optimizer {self.opt!r}; choose {' or '.join(OPTIMIZER_NAMES)}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):

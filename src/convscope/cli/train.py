@@ -64,6 +64,10 @@ def train_command(
                                                    "NCCL on GPUs); the global batch is bs x N")] = None,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="with several processes: BatchNorm "
                                           "statistics over the global batch")] = False,
+    precision: Annotated[str, typer.Option(help="32 (float32), bf16 or fp16: the forward pass and loss in that "
+                                                "dtype under autocast (fp16 with loss scaling)")] = "32",
+    compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (trains "
+                                                "eagerly, with a warning, where compiling is not possible)")] = False,
 ) -> None:
     """Train the book's simple CNN (or --model) and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
@@ -92,8 +96,8 @@ def train_command(
         if isinstance(settings.get("epochs"), float) and settings["epochs"].is_integer():
             settings["epochs"] = int(settings["epochs"])
         cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
-                          model=model,
-                          out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe, **settings)
+                          model=model, out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe,
+                          precision=precision, compile=compile_model, **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)
         rank = current()

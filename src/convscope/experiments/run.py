@@ -109,11 +109,11 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if cfg.label_smoothing:
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
     learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
-                    cbs=callbacks, device=device)
+                    cbs=callbacks, device=device, precision=cfg.precision)
     if resume is not None:
         restore(learn, checkpoint)  # the fit below then continues where the checkpoint stands
     if cfg.compile:
-        learn.train_model = _compiled(model)
+        learn.train_model = _compiled(model, device)
     result = TrainResult(learn, run_dir, cfg)
     try:
         with catch_signals(stopper):
@@ -155,12 +155,16 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     return replace(cfg, bs=global_bs // world_size)
 
 
-def _compiled(model: nn.Module) -> nn.Module:
+def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
     """torch.compile(model), or the model itself (with a warning) where compiling is not possible here."""
     try:
+        # torch.compile only wraps: it compiles at the first call, and without a C++ compiler (CPU) that call
+        # raises InductorError mid-fit. So compile one small function now, before the fit starts.
+        torch.compile(lambda x: torch.relu(x * 2 + 1))(torch.ones(2, device=device))
         return torch.compile(model)
     except Exception as exc:  # no compiler, an unsupported platform...: train eagerly rather than fail
-        warnings.warn(f"torch.compile is not available here ({exc}); training without it", stacklevel=2)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # dynamo adds lines of advice
+        warnings.warn(f"torch.compile is not available here ({detail}); training without it", stacklevel=2)
         return model
 
 

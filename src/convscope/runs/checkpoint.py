@@ -5,7 +5,8 @@ Layout: <run>/checkpoint/ (newest) and <run>/checkpoint.1/ ... (older, `keep` in
     optimizer.safetensors  the optimizer's tensors (Adam moments, step counts, ...)
     rng.safetensors        torch's RNG state(s) and the data order generator's states
     state.json             position (epoch, next batch, optimizer steps), optimizer hyper-parameters,
-                           python/numpy RNG states; written last, so its presence marks a whole checkpoint
+                           python/numpy RNG states, the fp16 loss scaler's state (scale, growth tracker);
+                           written last, so its presence marks a whole checkpoint
 Nothing is unpickled when loading: tensors come from safetensors, everything else from JSON.
 A new checkpoint is written under a temporary name and renamed into place, so a kill at any moment
 leaves the previous checkpoint whole.
@@ -70,6 +71,7 @@ class Checkpoint:
                     "python": (py[0], tuple(py[1]), py[2]),
                     "numpy": (npr[0], np.asarray(npr[1], dtype=np.uint32), npr[2], npr[3], npr[4])},
             "data": data or None,
+            "scaler": self.state.get("scaler"),  # None: not an fp16 run (or a checkpoint from before fp16)
         }
 
 
@@ -157,6 +159,7 @@ def _write_files(tmp: Path, state: dict[str, Any]) -> None:
         "n_epochs": state["n_epochs"], "optimizer": opt_meta,
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "scaler": state.get("scaler"),  # plain numbers (GradScaler.state_dict), exact in JSON
     })
 
 
@@ -189,6 +192,10 @@ def _state_problem(state: Any) -> str | None:
         return "has no usable numpy_rng"
     if state.get("optimizer") is not None and not isinstance(state["optimizer"], dict):
         return "has an optimizer entry that is not a JSON object"
+    scaler = state.get("scaler")
+    if scaler is not None and not (isinstance(scaler, dict) and isinstance(scaler.get("scale"), (int, float))
+                                   and isinstance(scaler.get("_growth_tracker"), int)):
+        return "has a loss scaler entry without a scale and a growth tracker"
     return None
 
 

@@ -4,7 +4,7 @@ Layout (the contract between training, diagnosis and the report; readable with n
 
     <run>/config.json     settings and versions
     <run>/metrics.jsonl   one JSON object per epoch
-    <run>/steps.npz       per optimizer step: step, epoch, loss, lr, mom
+    <run>/steps.npz       per optimizer step: step, epoch, loss, lr, mom (fp16 runs: skipped)
     <run>/stats.npz       activation statistics (when recorded)
     <run>/checkpoint/     model.safetensors + state.json
     <run>/report.html     self-contained report

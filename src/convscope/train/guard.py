@@ -8,6 +8,13 @@ exactly. A step then costs two kernel launches: copying the loss into the window
 gradients, writing into the step's flag.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
+
+An fp16 run (`Learner(precision="fp16")`) is different: an Inf gradient there is the loss scaler's signal that
+the scale is too large, and the scaler skips that step and halves the scale. That is not a failure, so the
+guard does not stop on it. It stops when the scaler skips `max_skipped` steps in a row (16 by default): by
+then the scale has been halved 16 times, from 65536 (torch's initial scale) down to 1, so no loss scale
+gives this run finite gradients. A NaN/Inf loss stops an fp16 run at once, as it does any other. The count of
+consecutive skips starts again at 0 when a run resumes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import math
 
 import torch
 
+from convscope.config import check_whole_number
 from convscope.errors import ConvscopeError
 from convscope.runs.findings import Finding
 from convscope.train.callback import Callback
@@ -56,9 +64,11 @@ def first_nonfinite_layer(model: torch.nn.Module, xb: torch.Tensor) -> str | Non
 class NonFiniteGuard(Callback):
     order = 5
 
-    def __init__(self, check_gradients: bool = True, check_every: int | None = None) -> None:
+    def __init__(self, check_gradients: bool = True, check_every: int | None = None, max_skipped: int = 16) -> None:
+        check_whole_number("max_skipped", max_skipped, note="steps the fp16 loss scaler may skip in a row")
         self.check_gradients = check_gradients
         self.check_every = check_every  # None: 1 on the CPU, 16 on CUDA
+        self.max_skipped = max_skipped
 
     def before_fit(self) -> None:
         if self.check_every is None:
@@ -77,6 +87,11 @@ class NonFiniteGuard(Callback):
         # Listed once: walking the module tree for them at every step costs more than the check itself.
         self._params = list(self.learn.model.parameters())
         self._fused: bool | None = None  # whether the fused check fits these gradients (decided at step 1)
+        # fp16: a step's gradient flag is the number of steps the scaler has skipped in a row, up to this one
+        # (kept on the device), and the guard stops when it reaches max_skipped; otherwise the flag is 0 or 1.
+        self._scaled = self.learn.scaler is not None
+        self._limit = self.max_skipped if self._scaled else 1
+        self._skips = torch.zeros(1, device=device)
 
     def after_loss(self) -> None:
         if not self.learn.training:
@@ -94,6 +109,9 @@ class NonFiniteGuard(Callback):
     def after_backward(self) -> None:
         if not self.check_gradients:
             return
+        if self._scaled:
+            self._count_skips()
+            return
         grads = [p.grad for p in self._params if p.grad is not None]
         if not grads:
             return
@@ -104,6 +122,19 @@ class NonFiniteGuard(Callback):
                 self._stop("gradient", "NaN/Inf", self.learn.train_iter)
         elif self._steps:
             self._flag_gradients(grads, self._slots[len(self._steps) - 1][1])
+
+    def _count_skips(self) -> None:
+        """fp16: count the scaler's skips in a row (its own Inf/NaN check of this step's gradients)."""
+        skipped = self.learn.step_skipped
+        if skipped is None:
+            return
+        found = skipped.reshape(1).to(self._skips)
+        self._skips.mul_(found).add_(found)  # a skip adds one, a step taken resets the count to 0
+        if self.every == 1:
+            if self._skips.item() >= self._limit:
+                self._stop_skipped(self.learn.train_iter)
+        elif self._steps:
+            self._slots[len(self._steps) - 1][1].copy_(self._skips)
 
     def _flag_gradients(self, grads: list[torch.Tensor], flag: torch.Tensor) -> None:
         """Set `flag` (1 value, zero beforehand) above 0 if any gradient holds a NaN or Inf.
@@ -143,8 +174,14 @@ class NonFiniteGuard(Callback):
         for step, loss, flag in zip(steps, losses, flags):
             if not math.isfinite(loss):
                 self._stop("loss", "NaN/Inf", step)
-            if flag:
+            if flag >= self._limit and self._scaled:
+                self._stop_skipped(step)
+            if flag >= self._limit:
                 self._stop("gradient", "NaN/Inf", step)
+
+    def _stop_skipped(self, step: int) -> None:
+        self._stop("gradient", f"NaN/Inf at every loss scale ({self.max_skipped} fp16 steps skipped in a row, "
+                   f"the scale now {self.learn.scaler.get_scale():g})", step)
 
     def _stop(self, what: str, value: str, step: int) -> None:
         learn = self.learn

@@ -14,6 +14,7 @@ stay tensors, metrics are summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convscope.config import PRECISIONS
 from convscope.data.batches import ResumableBatches, check_batches
 from convscope.dist.context import all_reduce
 from convscope.errors import ConfigError
@@ -66,6 +68,15 @@ def sgd(params: Iterable[torch.nn.Parameter], lr: float, wd: float = 0.0) -> tor
 # Keyed by config.OPTIMIZER_NAMES, the names TrainConfig accepts (tests/train/test_optimizers.py: they agree).
 OPTIMIZERS: dict[str, OptFactory] = {"adamw": adamw, "sgd": sgd}
 
+# Keyed by config.PRECISIONS: the dtype the forward pass and loss run in under torch.autocast ("32": no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: object) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    return str(precision)
+
 
 @dataclass(frozen=True)
 class _Resume:
@@ -86,6 +97,14 @@ class Learner:
 
     `train_data` / `valid_data` are `Batches`: iterables of `(xb, yb)` batches with a length, such as a
     `convscope.data.batches.DeviceBatches` (fast, data on the device) or any `torch.utils.data.DataLoader`.
+
+    `precision`: "32" (float32 throughout), "bf16" or "fp16": the forward pass and the loss (training and
+    validation) run under `torch.autocast` in that dtype, the weights and the optimizer stay float32. fp16
+    scales the loss with a `torch.amp.GradScaler` (`self.scaler`) and unscales the gradients right after
+    backward, so every callback from `after_backward` on sees the true gradients; a step whose gradients
+    overflowed is skipped by the scaler (`self.step_skipped`, a 1-element tensor, is 1.0 then). Mixed
+    precision pays on GPUs: on a CPU without bf16/fp16 instructions it is many times slower than float32
+    (docs/measurements.md#train-learner-precision).
     """
 
     def __init__(
@@ -100,8 +119,10 @@ class Learner:
         metrics: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (accuracy,),
         cbs: Sequence[Callback] = (),
         device: str | torch.device | None = None,
+        precision: str = "32",
     ) -> None:
         check_positive("lr", lr)
+        self.precision = check_precision(precision)
         check_batches(train_data, "train_data")
         if valid_data is not None:
             check_batches(valid_data, "valid_data")
@@ -131,6 +152,10 @@ class Learner:
         # after one that stopped early (cancelled, interrupted, failed); None after a fit that ran to its end.
         self.position: tuple[int, int] | None = None
         self._resume: _Resume | None = None
+        self._autocast_dtype = AUTOCAST_DTYPES[self.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        # fp16: whether the scaler found an Inf/NaN gradient in this step and skipped it (on the device, no sync).
+        self.step_skipped: torch.Tensor | None = None
         self.add_cbs([Recorder(), *cbs])
 
     # ----------------------------------------------------------------- callbacks
@@ -318,22 +343,50 @@ class Learner:
             self("after_cancel_train")
         self("after_train")
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the forward pass and the loss run in: torch.autocast at the learner's precision, or
+        nothing at all for "32" (so a float32 run is the same computation, bit for bit, as before)."""
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
     def _train_batch(self) -> None:
+        scaler, unscaled = self.scaler, False
         try:
             self("before_batch")
-            self.pred = (self.model if self.train_model is None else self.train_model)(self.xb)
+            # Callbacks run outside autocast: what they compute from pred or loss is float32 work.
+            with self.autocast():
+                self.pred = (self.model if self.train_model is None else self.train_model)(self.xb)
             self("after_pred")
-            self.loss = self.loss_func(self.pred, self.yb)
+            with self.autocast():
+                self.loss = self.loss_func(self.pred, self.yb)
             self("after_loss")
             self("before_backward")
-            self.loss.backward()
+            if scaler is None:
+                self.loss.backward()
+            else:
+                scaler.scale(self.loss).backward()
+                # Unscaled here, before any callback sees them: gradient norms, update ratios, the NaN guard
+                # and FreezeLayers must see true gradients, not ones multiplied by the loss scale.
+                scaler.unscale_(self.opt)
+                unscaled = True
+                # The scaler's own Inf/NaN flags of this step (it skips the update when one is set). The accessor
+                # is private, but the public API only has get_scale(), a host sync, to tell a skip afterwards.
+                self.step_skipped = sum(scaler._found_inf_per_device(self.opt).values())
             self("after_backward")
             self("before_step")
-            self.opt.step()
+            if scaler is None:
+                self.opt.step()
+            else:
+                scaler.step(self.opt)  # skips the update if a gradient was Inf/NaN (fused AdamW: on the device)
+                scaler.update()
+                unscaled = False
             self.train_iter += 1
             self("after_step")
             self.opt.zero_grad(set_to_none=True)
         except CancelBatchException:
+            if unscaled:  # close the scaler's step, or the next unscale_ would refuse to run
+                scaler.update()
             self("after_cancel_batch")
         self.position = (self.epoch, self.iter + 1)
         self("after_batch")
@@ -360,9 +413,11 @@ class Learner:
         with torch.inference_mode():
             for xb, yb in data:
                 xb, yb = self._to_device(xb), self._to_device(yb)
-                pred = self.model(xb)
+                with self.autocast():  # validated as it trains: at the learner's precision
+                    pred = self.model(xb)
+                    loss = self.loss_func(pred, yb)
                 n = yb.shape[0]
-                total_loss += self.loss_func(pred, yb) * n
+                total_loss += loss.float() * n
                 for i, metric in enumerate(self.metrics):
                     totals[i] += metric(pred, yb) * n
                 count += n
@@ -381,8 +436,9 @@ class Learner:
     def state_dict(self) -> dict[str, Any]:
         """Everything a later fit needs to continue exactly where this learner stands: weights and buffers,
         the optimizer, the position ("epoch", "batch": see `position`; None when there is no fit to go on), the
-        optimizer steps taken, every RNG stream, and the data order (for ResumableBatches). Tensors are the
-        live ones, as in torch's own state_dicts: copy them to keep a snapshot."""
+        optimizer steps taken, every RNG stream, the data order (for ResumableBatches), and for fp16 the loss
+        scaler's state (scale and growth tracker: plain numbers; None otherwise). Tensors are the live ones,
+        as in torch's own state_dicts: copy them to keep a snapshot."""
         at = self.position if self.position is not None else (
             (self._resume.at.epoch, self._resume.at.batch) if self._resume is not None else None)
         return {
@@ -396,6 +452,7 @@ class Learner:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "python": random.getstate(), "numpy": np.random.get_state()},
             "data": self.train_data.state_dict() if isinstance(self.train_data, ResumableBatches) else None,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], run_dir: str | Path | None = None) -> None:
@@ -419,6 +476,10 @@ class Learner:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         self.train_iter = state["train_iter"]
+        # A state without a scaler (a float32 or bf16 run continued in fp16) keeps this learner's fresh one; a
+        # scaler's state loaded by a learner without fp16 has nothing to scale and is left out.
+        if state.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self._resume = None
         if state.get("epoch") is not None:
             at = ResumePoint(epoch=state["epoch"], batch=state["batch"], train_iter=state["train_iter"])
@@ -431,7 +492,7 @@ class Learner:
         validation data and no callback but its own Recorder: for short side runs, such as the LR finder's
         sweeps, that must leave this learner's counters, callbacks and Recorder alone."""
         copy = Learner(self.model, self.train_data, None, loss_func=self.loss_func, opt_func=self.opt_func,
-                       lr=self.lr, wd=self.wd, metrics=(), device=self.device)
+                       lr=self.lr, wd=self.wd, metrics=(), device=self.device, precision=self.precision)
         copy.opt = self.opt  # None: the copy makes its own on its first fit, and this learner keeps none
         copy.train_model = self.train_model
         return copy

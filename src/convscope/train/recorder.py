@@ -1,7 +1,8 @@
 """Recorder: what happened at each step (loss, lr, momentum) and each epoch (losses, metrics, time).
 
 Step losses are kept as device tensors and copied to the host once per epoch, so recording costs no
-host-device sync in the training step.
+host-device sync in the training step. An fp16 learner's steps also get "skipped" (1: the loss scaler found
+an Inf/NaN gradient and skipped that update), kept the same way.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ class Recorder(Callback):
         self.steps: dict[str, list[float]] = {"step": [], "epoch": [], "loss": [], "lr": [], "mom": []}
         self.epochs: list[dict[str, float]] = []
         self._pending_losses: list[torch.Tensor] = []
+        self._pending_skipped: list[torch.Tensor] = []
+
+    def before_fit(self) -> None:
+        if self.learn.scaler is not None:
+            self.steps.setdefault("skipped", [])
 
     def before_epoch(self) -> None:
         self._epoch_start = time.perf_counter()
         self._pending_losses = []
+        self._pending_skipped = []
 
     def before_batch(self) -> None:
         self._step = self.learn.train_iter  # 0-based index of the optimizer step this batch makes
@@ -39,6 +46,9 @@ class Recorder(Callback):
             return
         learn = self.learn
         self._pending_losses.append(learn.loss.detach())
+        if "skipped" in self.steps:
+            skipped = learn.step_skipped
+            self._pending_skipped.append(torch.zeros(1, device=learn.device) if skipped is None else skipped.reshape(1))
         self.steps["step"].append(self._step)
         self.steps["epoch"].append(learn.epoch)
         self.steps["lr"].append(learn.get_hyper("lr"))
@@ -55,6 +65,9 @@ class Recorder(Callback):
                 losses = all_reduce(losses) / world
             self.steps["loss"].extend(losses.cpu().tolist())
             self._pending_losses = []
+        if self._pending_skipped:  # the same on every rank: the scaler checks the all-reduced gradients
+            self.steps["skipped"].extend(torch.cat(self._pending_skipped).cpu().tolist())
+            self._pending_skipped = []
 
     def after_epoch(self) -> None:
         self._flush_losses()
@@ -77,20 +90,23 @@ class Recorder(Callback):
         steps = read_npz(run_dir / "steps.npz")
         keep = steps["step"] < at.train_iter if steps else []
         for key in self.steps:
-            self.steps[key] = steps[key][keep].tolist() if steps else []
+            self.steps[key] = steps[key][keep].tolist() if steps and key in steps else []
         self.epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] < at.epoch]
 
     # ----------------------------------------------------------------- views
     def step_arrays(self) -> dict[str, np.ndarray]:
         """Per-step arrays, as saved in steps.npz."""
         n = len(self.steps["loss"])  # steps whose loss reached the host
-        return {
+        arrays = {
             "step": np.asarray(self.steps["step"][:n], dtype=np.int64),
             "epoch": np.asarray(self.steps["epoch"][:n], dtype=np.int64),
             "loss": np.asarray(self.steps["loss"][:n], dtype=np.float32),
             "lr": np.asarray(self.steps["lr"][:n], dtype=np.float64),
             "mom": np.asarray(self.steps["mom"][:n], dtype=np.float64),
         }
+        if "skipped" in self.steps:
+            arrays["skipped"] = np.asarray(self.steps["skipped"][:n], dtype=np.int8)
+        return arrays
 
     @property
     def losses(self) -> np.ndarray:
