@@ -25,7 +25,9 @@ from convscope.data.batches import DeviceBatches
 from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
 from convscope.stats.activations import ActivationStats
-from convscope.train import Callback, CancelFitException, Learner
+from convscope.train import Callback, Learner
+
+from ._callbacks import StopAt
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="torch.compile needs a C++ compiler on the CPU (none on PATH)")
@@ -44,15 +46,6 @@ class Compiles(Callback):
                           sum(len(v) for v in guard_failures.values())))
 
 
-class StopAt(Callback):
-    order = 1000
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_batch(self) -> None:
-        if self.learn.train_iter == self.step:
-            raise CancelFitException
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
 from convscope.runs.checkpoint import load_checkpoint, restore, save_checkpoint
 from convscope.stats.activations import ActivationStats
-from convscope.train import Callback, CancelFitException, Learner
+from convscope.train import Callback, Learner
 from convscope.train.guard import NonFiniteError, NonFiniteGuard
+
+from ._callbacks import StopAt
 
 BS = 64
 
@@ -51,15 +53,6 @@ class Peek(Callback):
         self.changed.append(any(not torch.equal(a, b) for a, b in zip(after, self._before)))
 
 
-class StopAt(Callback):
-    order = 1000
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_batch(self) -> None:
-        if self.learn.train_iter == self.step:
-            raise CancelFitException
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])

@@ -12,23 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from convscope.data.batches import Batches, DeviceBatches, ResumableBatches
 from convscope.errors import ConfigError
 from convscope.models.cnn import simple_cnn
-from convscope.train import Callback, CancelFitException, Learner
+from convscope.train import Callback, Learner
 from convscope.train.callback import ResumePoint
+
+from ._callbacks import StopAt
 
 N_TRAIN, BS = 1024, 128  # 8 batches an epoch
 
 
-class StopAt(Callback):
-    """Cancel the fit right after optimizer step `step` (as an interrupt would)."""
-
-    order = 1000
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def after_batch(self) -> None:
-        if self.learn.train_iter == self.step:
-            raise CancelFitException
 
 
 def make_learner(mnist_tensors, loader: bool = False, cbs=()) -> Learner:
