@@ -53,6 +53,7 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope train --resume": "tests/test_resume.py",
     "convscope train --nproc": "tests/dist/test_distributed.py",  # and the Multi-GPU block, here
     "convscope train --recipe": "tests/test_recipes.py",
+    "convscope train --precision": "tests/train/test_precision.py",  # --compile: tests/train/test_compile.py
     "convscope train --model": "tests/models/test_factory.py",  # the memory check: tests/models/test_memory.py
     "convscope train [--crop": "tests/test_recipes.py",  # the fast recipe sets all three; bad values: test_bad_inputs
     "convscope lr-find": "tests/test_cli_lr_find.py",
