@@ -333,3 +333,35 @@ def test_a_compiled_model_records_every_step_without_recompiling(mnist_small):
     assert graphs[59] == graphs[1], f"graphs made after the first step: {graphs}"
     assert not has_hooks(model)
     check_rows(w.data, ref, 60)
+
+
+def test_the_diagnosis_and_the_report_say_what_was_not_seen(mnist_small, tmp_path):
+    from convscope.diagnose import diagnose, save_findings
+    from convscope.report import write_report
+
+    torch.manual_seed(0)
+    model = FunctionalNet()  # F.relu after c1, c2 and fc1: three post-activation outputs no hook can see
+    with watch(model, run_dir=tmp_path / "run") as w:
+        ref = Reference(model, w.collector.layers)
+        hand_loop(model, w, ref, mnist_small)
+        ref.remove()
+    findings = diagnose(convscope.load_run(tmp_path / "run"))
+    seen = [f for f in findings if f.rule == "not_seen"]
+    assert len(seen) == 1 and seen[0].severity == "info"
+    assert sorted(seen[0].layers) == ["c1", "c2", "fc1"] and "relu" in seen[0].evidence
+    save_findings(tmp_path / "run", findings)  # what `convscope diagnose RUN` writes, and the report shows
+    page = write_report(tmp_path / "run").read_text()
+    assert "not_seen" in page and "nn.ReLU() instead of F.relu" in page
+
+
+def test_a_model_of_modules_has_nothing_unseen(mnist_small, tmp_path):
+    from convscope.diagnose import diagnose
+    from convscope.models.cnn import simple_cnn
+
+    torch.manual_seed(0)
+    model = simple_cnn()
+    with watch(model, run_dir=tmp_path / "run") as w:
+        ref = Reference(model, w.collector.layers)
+        hand_loop(model, w, ref, mnist_small)
+        ref.remove()
+    assert not any(f.rule == "not_seen" for f in diagnose(convscope.load_run(tmp_path / "run")))

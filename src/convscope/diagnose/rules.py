@@ -303,8 +303,23 @@ def batch_size_advice(run: Any) -> list[Finding]:
                     "nothing to change")]
 
 
+def not_seen(run: Any) -> list[Finding]:
+    """Say what the statistics could not see: activations applied as functions (F.relu on a conv's output has
+    no module to hook, so that layer's post-activation values were never recorded) and watched layers that
+    never ran in a recorded step. Information, not a fault: nothing here makes the other findings wrong,
+    but a reader must not take the missing layers for healthy ones."""
+    stats = _stats(run)
+    unseen = list(getattr(stats, "unseen", None) or [])
+    if not unseen:
+        return []
+    names = tuple(dict.fromkeys(name for name, _ in unseen))
+    evidence = "; ".join(f"{name}: {reason}" for name, reason in unseen)
+    return [Finding("not_seen", "info", None, None, f"not recorded: {evidence}",
+                    "to see an activation, make it a module (nn.ReLU() instead of F.relu) and watch it", names)]
+
+
 RULES: tuple[Rule, ...] = (loss_health, near_zero_activations, collapse_cycles, depth_scale, gradient_health,
-                           overfitting, batch_size_advice)
+                           overfitting, batch_size_advice, not_seen)
 
 
 def diagnose(run: Any, rules: tuple[Rule, ...] = RULES) -> list[Finding]:
