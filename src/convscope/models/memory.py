@@ -137,24 +137,23 @@ def estimate_training_memory(model: nn.Module, input_shape: tuple[int, ...], bs:
                           act_fixed=max(0, small - 2 * per_sample), act_per_sample=per_sample)
 
 
-def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
+def _proc_bytes(path: Path, key: str) -> int | None:
+    """A "Key:   N kB" line of a /proc file, in bytes (None where there is no such file or line)."""
     try:
         for line in path.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
-def _address_space_in_use(path: Path = Path("/proc/self/status")) -> int | None:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+def _meminfo_available() -> int | None:
+    return _proc_bytes(Path("/proc/meminfo"), "MemAvailable")
+
+
+def _address_space_in_use() -> int | None:
+    return _proc_bytes(Path("/proc/self/status"), "VmSize")
 
 
 def available_memory(device: torch.device) -> tuple[int, str] | None:
