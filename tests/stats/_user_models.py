@@ -120,3 +120,75 @@ class ControlFlowNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc(x.flatten(1))
         return F.relu(y) if y.sum() > 0 else y
+
+
+class BasicBlock(nn.Module):
+    """torchvision.models.resnet.BasicBlock as torchvision writes it: one in-place ReLU module called twice."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ResNet layout (conv1/bn1/relu/maxpool, layer1..layer4 of BasicBlocks with 1x1 downsample
+    branches, adaptive average pool, fc) at CIFAR size: a 3x3 stem without max-pool for 3x32x32 inputs, and
+    narrow widths so a CPU test runs it in seconds. `layers=(2, 2, 2, 2), widths=(64, 128, 256, 512)` is
+    resnet18 itself."""
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 10, layers: tuple[int, ...] = (1, 1, 1, 1),
+                 widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()  # torchvision's 3x3/2 max-pool would leave 32x32 inputs at 1x1 too soon
+        self.layer1 = self._make_layer(widths[0], layers[0])
+        self.layer2 = self._make_layer(widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3], n_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def fashion_rgb32(x: torch.Tensor) -> torch.Tensor:
+    """Fashion-MNIST [N, 1, 28, 28] as a 3-channel 32x32 set: zero-padded by 2 and repeated 3 times."""
+    return F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
