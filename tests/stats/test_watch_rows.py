@@ -24,6 +24,7 @@ from convscope.train.learner import Learner
 from ._user_models import BranchNet, ControlFlowNet, FunctionalNet, ResNetFrozenStem, SharedNet, TupleNet
 
 BS, PER_EPOCH, EPOCHS = 32, 6, 2
+EXACT = {"every": 1, "sample": None}  # every step, whole batches: what Reference computes
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def every_other(step: int) -> bool:
 def test_watch_records_exactly_the_training_steps(mnist_small, tmp_path, kind, every):
     torch.manual_seed(0)
     model = MODELS[kind]()
-    with watch(model, run_dir=tmp_path / "run", every=every) as w:
+    with watch(model, run_dir=tmp_path / "run", every=every, sample=None) as w:
         ref = Reference(model, w.collector.layers)
         steps = hand_loop(model, w, ref, mnist_small, branch=every_other if kind == "branch" else None,
                           eval_inference_train_mode=True)
@@ -191,7 +192,7 @@ def test_watch_records_exactly_the_training_steps(mnist_small, tmp_path, kind, e
 def test_bf16_autocast(mnist_small):
     torch.manual_seed(0)
     model = FunctionalNet()
-    with watch(model) as w:
+    with watch(model, **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         steps = hand_loop(model, w, ref, mnist_small, autocast=torch.bfloat16)
         ref.remove()
@@ -204,7 +205,7 @@ def test_gradient_accumulation(mnist_small, kind):
     """Three micro-batches per w.step(): the last micro-batch's activations, the accumulated gradient."""
     torch.manual_seed(0)
     model = MODELS[kind]()
-    with watch(model) as w:
+    with watch(model, **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         steps = hand_loop(model, w, ref, mnist_small, accum=3, branch=every_other if kind == "branch" else None)
         ref.remove()
@@ -217,7 +218,7 @@ def test_grad_scaler_norms_are_of_the_unscaled_gradients(mnist_small, order):
     torch.manual_seed(0)
     model = FunctionalNet()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    with watch(model, scaler=scaler) as w:
+    with watch(model, scaler=scaler, **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         steps = hand_loop(model, w, ref, mnist_small, autocast=torch.float16, scaler=scaler, order=order)
         ref.remove()
@@ -229,7 +230,7 @@ def test_unseen_lists_functional_activations_and_layers_that_never_ran(mnist_sma
     torch.manual_seed(0)
     data = {}
     for kind, model in [("functional", FunctionalNet()), ("branch", BranchNet()), ("control", ControlFlowNet())]:
-        with watch(model, run_dir=tmp_path / kind) as w:
+        with watch(model, run_dir=tmp_path / kind, **EXACT) as w:
             ref = Reference(model, w.collector.layers)
             hand_loop(model, w, ref, mnist_small)  # BranchNet never takes 'wide' here
             ref.remove()
@@ -247,7 +248,7 @@ def test_unseen_lists_functional_activations_and_layers_that_never_ran(mnist_sma
 def test_an_old_stats_file_without_masks_loads(mnist_small, tmp_path):
     torch.manual_seed(0)
     model = BranchNet()
-    with watch(model) as w:
+    with watch(model, **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         hand_loop(model, w, ref, mnist_small, branch=every_other)
         ref.remove()
@@ -314,7 +315,7 @@ def test_a_compiled_model_records_every_step_without_recompiling(mnist_small):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     graphs = {}
-    with watch(model) as w:
+    with watch(model, **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         for h in ref.handles:  # our reference hooks run eagerly too, so that they add no graphs of their own
             h.remove()
@@ -341,7 +342,7 @@ def test_the_diagnosis_and_the_report_say_what_was_not_seen(mnist_small, tmp_pat
 
     torch.manual_seed(0)
     model = FunctionalNet()  # F.relu after c1, c2 and fc1: three post-activation outputs no hook can see
-    with watch(model, run_dir=tmp_path / "run") as w:
+    with watch(model, run_dir=tmp_path / "run", **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         hand_loop(model, w, ref, mnist_small)
         ref.remove()
@@ -360,7 +361,7 @@ def test_a_model_of_modules_has_nothing_unseen(mnist_small, tmp_path):
 
     torch.manual_seed(0)
     model = simple_cnn()
-    with watch(model, run_dir=tmp_path / "run") as w:
+    with watch(model, run_dir=tmp_path / "run", **EXACT) as w:
         ref = Reference(model, w.collector.layers)
         hand_loop(model, w, ref, mnist_small)
         ref.remove()

@@ -16,6 +16,9 @@
 The run folder has the same layout as `convscope train` writes, so plots, reports and diagnosis work
 on it unchanged.
 
+The defaults are ActivationStats' (a row every 4th step, each from the first 64 items of its batch: the
+cost/accuracy trade-off measured in the README); `every=1, sample=None` records every step exactly.
+
 What is recorded (one row per `every` training steps, and no other rows):
 - A step is what lies between two `w.step()` calls. Its row is opened by the step's first TRAINING
   forward pass of a watched module (module.training, grad enabled, not inference mode), never by
@@ -50,17 +53,18 @@ from torch import nn
 from convscope.errors import RunError
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl, create_run_dir
-from convscope.stats.activations import STATS_FILE
+from convscope.stats.activations import DEFAULT_EVERY, DEFAULT_SAMPLE, STATS_FILE
 from convscope.stats.collector import HistRange, StatsCollector
 
 
 class Watch:
-    def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int = 1,
+    def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int = DEFAULT_EVERY,
                  with_hist: bool = True, bins: int = 40, hist_range: HistRange = (0.0, 10.0),
                  modules: Iterable[Any] | str | None = None, max_rows: int = 2048,
-                 config: dict[str, Any] | None = None, scaler: Any = None) -> None:
+                 config: dict[str, Any] | None = None, scaler: Any = None, grad_stats: bool = True,
+                 sample: int | None = DEFAULT_SAMPLE) -> None:
         self.collector = StatsCollector(model, every=every, with_hist=with_hist, bins=bins, hist_range=hist_range,
-                                        modules=modules, max_rows=max_rows)
+                                        modules=modules, max_rows=max_rows, grad_stats=grad_stats, sample=sample)
         self.collector.scaler = scaler
         self.model = model
         self.run_dir = Path(run_dir) if run_dir is not None else None
