@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.dist.context import is_main
 from convscope.errors import RunError
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl, create_run_dir
@@ -68,35 +69,49 @@ class Watch:
         self.collector.scaler = scaler
         self.model = model
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None and self.run_dir.exists():
+        # Under torch.distributed every rank watches (its rows are combined with the others' when they leave
+        # the device, a collective), and rank 0 alone writes the folder.
+        self.writes = self.run_dir is not None and is_main()
+        if self.writes and self.run_dir.exists():
             raise RunError(f"run folder {self.run_dir} already exists; choose another run_dir")
         self.config = dict(config or {})
         self.n_steps = 0
-        self.losses: list[torch.Tensor] = []
+        self.per_step: list[dict[str, Any]] = []  # loss and the caller's other numbers, one dict per step
         self.metrics: list[dict[str, Any]] = []
+        self._grads_taken = False
 
     def __enter__(self) -> Watch:
-        if self.run_dir is not None:
+        if self.writes:
             create_run_dir(self.run_dir.parent, self.run_dir.name)
         self.collector.attach()
         self.collector.open_on_forward(self.n_steps)
         return self
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
-        """Close the current step: call once per optimizer step, after `opt.step()`, before `zero_grad()`."""
+    def gradients_ready(self) -> None:
+        """Take the gradient norms now rather than at `step()`: for loops whose .grad is final before the
+        optimizer step but gone or changed by the time `step()` can be called (a framework's hook order)."""
         self.collector.after_backward()
+        self._grads_taken = True
+
+    def step(self, loss: torch.Tensor | float | None = None, **values: torch.Tensor | float) -> None:
+        """Close the current step: call once per optimizer step, after `opt.step()`, before `zero_grad()`.
+
+        `loss` and any other per-step numbers (e.g. lr=..., epoch=...) go into steps.npz, one per step."""
+        if not self._grads_taken:
+            self.collector.after_backward()
+        self._grads_taken = False
         self.collector.after_update()
         self.collector.end_step()
         if loss is not None:
-            self.losses.append(loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(loss))
+            values = {"loss": loss, **values}
+        self.per_step.append({k: v.detach().float() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
         self.n_steps += 1
         self.collector.open_on_forward(self.n_steps)
 
     def log(self, **metrics: Any) -> None:
         """Add one row to metrics.jsonl (e.g. epoch=..., accuracy=...)."""
         self.metrics.append(metrics)
-        if self.run_dir is not None:
-            self.save()
+        self.save()
 
     @property
     def data(self) -> ActivationStatsData:
@@ -104,22 +119,41 @@ class Watch:
 
     activation_stats = data
 
+    def step_arrays(self) -> dict[str, np.ndarray]:
+        """steps.npz: `step` and each per-step number, NaN at the steps that did not give it."""
+        keys = list(dict.fromkeys(k for row in self.per_step for k in row))
+        arrays = {"step": np.arange(len(self.per_step), dtype=np.int64)}
+        for key in keys:
+            column = [row.get(key, float("nan")) for row in self.per_step]
+            tensors = [v for v in column if isinstance(v, torch.Tensor)]
+            host = iter(torch.stack(tensors).cpu().tolist()) if tensors else iter(())  # one device read
+            arrays[key] = np.asarray([next(host) if isinstance(v, torch.Tensor) else float(v) for v in column],
+                                     dtype=np.int64 if key == "epoch" else np.float32)
+        return arrays
+
     def save(self) -> None:
+        """Write the run folder as it stands (every rank takes part: see __init__); without run_dir, only
+        bring the statistics to the host."""
+        data = self.data
+        if not self.writes:
+            return
         assert self.run_dir is not None
-        losses = torch.stack(self.losses).cpu().numpy() if self.losses else np.zeros(0, np.float32)
-        steps = {"step": np.arange(len(losses), dtype=np.int64), "loss": losses.astype(np.float32)}
         atomic_write_json(self.run_dir / "config.json", {
-            **self.config, "source": "convscope.watch",
-            "versions": {"torch": torch.__version__, "python": platform.python_version()}})
+            **self.config, "source": self.config.get("source", "convscope.watch"),
+            "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                         **self.config.get("versions", {})}})
         atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
-        atomic_save_npz(self.run_dir / "steps.npz", steps)
-        self.data.save(self.run_dir / STATS_FILE)
+        atomic_save_npz(self.run_dir / "steps.npz", self.step_arrays())
+        data.save(self.run_dir / STATS_FILE)
+
+    def close(self) -> None:
+        """Remove the hooks and write the folder a last time (what leaving the `with` block does)."""
+        self.collector.abandon_row()  # a forward pass after the last step() is no finished step
+        self.collector.detach()
+        self.save()
 
     def __exit__(self, *exc: object) -> None:
-        self.collector.abandon_row()  # a forward pass after the last w.step() is no finished step
-        self.collector.detach()
-        if self.run_dir is not None:
-            self.save()
+        self.close()
 
 
 def watch(model: nn.Module, run_dir: str | Path | None = None, **kwargs: Any) -> Watch:

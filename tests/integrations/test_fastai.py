@@ -1,0 +1,152 @@
+"""convscope.integrations.fastai.Scope in fastai's own Learner.fit_one_cycle on real MNIST.
+
+fastai needs torchvision, whose PyPI build does not import beside the CPU torch the main test run uses, so
+these tests run in a second environment (.ci/run makes it) and are deselected elsewhere (marker `fastai`).
+Every recorded number is checked against a plain fastai callback that reads the same moments itself: our
+own forward hooks for the layer outputs, `torch.linalg.vector_norm` of the .grads before the step, and
+fastai's Recorder for the learning rates and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import convscope
+from convscope.models.cnn import simple_cnn
+from convscope.stats import has_hooks
+from convscope.stats.hooks import select_modules
+
+pytestmark = pytest.mark.fastai
+
+if os.environ.get("CI", "").strip().lower() in ("true", "1"):
+    import fastai  # noqa: F401 - CI's fastai environment has it: a missing package fails instead of skipping
+else:
+    pytest.importorskip("fastai")
+
+from fastai.callback.core import Callback  # noqa: E402 - after the import that may skip
+from fastai.callback.schedule import fit_one_cycle  # noqa: E402, F401 - patches Learner.fit_one_cycle
+from fastai.data.core import DataLoaders  # noqa: E402
+from fastai.learner import Learner  # noqa: E402
+from fastai.metrics import accuracy  # noqa: E402
+
+from convscope.integrations.fastai import Scope  # noqa: E402
+
+BS, N_TRAIN, EPOCHS = 64, 512, 2
+STEPS = N_TRAIN // BS * EPOCHS
+
+
+class Reference(Callback):
+    """Each training batch's layer outputs (our hooks) and gradient norms (before the optimizer step)."""
+
+    order = 0
+
+    def __init__(self) -> None:
+        self.outputs, self.norms, self.current = [], [], {}
+
+    def before_fit(self):
+        self.layers = [name for name, _ in select_modules(self.learn.model)]
+
+        def hook(name):
+            def record(module, inputs, output):
+                if module.training and torch.is_grad_enabled():
+                    self.current[name] = output.detach().double().clone()
+            return record
+        self.handles = [self.learn.model.get_submodule(n).register_forward_hook(hook(n)) for n in self.layers]
+
+    def before_step(self):
+        self.outputs.append(self.current)
+        self.current = {}
+        norms = {}
+        for name in self.layers:
+            params = list(self.learn.model.get_submodule(name).parameters(recurse=False))
+            if params:
+                norms[name] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+        self.norms.append(norms)
+
+    def after_fit(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def dls(mnist_tensors):
+    x, y, xt, yt = mnist_tensors
+    return DataLoaders.from_dsets(TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), TensorDataset(xt[:512], yt[:512]),
+                                  bs=BS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted(dls, tmp_path_factory):
+    """One fit_one_cycle run for all tests here: (learner, reference, run folder)."""
+    run_dir = tmp_path_factory.mktemp("fastai") / "run"
+    learn, ref = fit(dls, run_dir)
+    return learn, ref, run_dir
+
+
+def fit(dls, run_dir):
+    torch.manual_seed(0)
+    ref = Reference()
+    learn = Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, metrics=accuracy,
+                    cbs=[ref, Scope(run_dir, every=1, sample=None)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(EPOCHS, 0.01)
+    return learn, ref
+
+
+def test_a_second_fit_with_the_same_scope_is_refused(dls, tmp_path):
+    learn = Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, cbs=Scope(tmp_path / "run"))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+        with pytest.raises(RuntimeError, match="new Scope"):
+            learn.fit(1)
+    assert not has_hooks(learn.model)
+
+
+def test_fit_one_cycle_writes_a_run_that_matches_what_fastai_and_plain_pytorch_see(fitted):
+    learn, ref, run_dir = fitted
+    assert not has_hooks(learn.model)
+    run = convscope.load_run(run_dir)
+    data = run.activation_stats
+    assert list(data.steps) == list(range(STEPS)) and len(ref.outputs) == STEPS
+    assert data.layers == learn.scope.data.layers
+    for row in range(STEPS):
+        for j, name in enumerate(data.layers):
+            o = ref.outputs[row][name]
+            assert data.ran[row, j]
+            assert data.mean[row, j] == pytest.approx(o.mean().item(), rel=1e-4, abs=1e-5), (row, name)
+            assert data.std[row, j] == pytest.approx(o.std().item(), rel=1e-4, abs=1e-5), (row, name)
+            assert data.near_zero[row, j] == pytest.approx((o <= 0.05).double().mean().item(), abs=2e-5)
+            if name in ref.norms[row]:
+                assert data.grad_norm[row, j] == pytest.approx(ref.norms[row][name], rel=1e-4), (row, name)
+    # the schedule as fastai's own Recorder logged it: 1cycle's warm-up from lr/25, peak, anneal
+    np.testing.assert_allclose(run.steps["lr"], np.asarray(learn.recorder.hps["lr"]), rtol=1e-6)
+    np.testing.assert_allclose(run.steps["mom"], np.asarray(learn.recorder.hps["mom"]), rtol=1e-6)
+    assert run.steps["lr"].argmax() not in (0, STEPS - 1)
+    assert list(run.steps["epoch"]) == sorted(list(range(EPOCHS)) * (STEPS // EPOCHS))
+    assert [m["epoch"] for m in run.metrics] == list(range(EPOCHS))
+    train_loss, valid_loss, acc = learn.recorder.values[-1]
+    assert run.metrics[-1]["accuracy"] == pytest.approx(acc)
+    assert run.metrics[-1]["valid_loss"] == pytest.approx(valid_loss)
+    assert acc > 0.5  # it trained
+    assert run.config["source"] == "fastai"
+
+
+def test_report_and_diagnose_accept_a_fastai_run(fitted):
+    from typer.testing import CliRunner
+
+    from convscope.cli.app import app
+
+    run_dir = fitted[2]
+    runner = CliRunner()
+    diagnosed = runner.invoke(app, ["diagnose", str(run_dir)])
+    assert diagnosed.exit_code == 0, diagnosed.output
+    assert isinstance(json.loads((run_dir / "findings.json").read_text()), list)
+    reported = runner.invoke(app, ["report", str(run_dir)])
+    assert reported.exit_code == 0, reported.output
+    page = (run_dir / "report.html").read_text()
+    assert "conv1" in page and "accuracy" in page
