@@ -269,3 +269,17 @@ def test_a_sweep_settings_process_reports_a_bad_model_in_one_line(user_dir):
     assert proc.stderr.strip().startswith("error: model factory 'no_such_models_t:net': cannot import module")
     assert "\n" not in proc.stderr.strip() and "Traceback" not in proc.stderr
     assert not (user_dir / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", [["--channels", "16,32"], ["--no-bn"]])
+def test_simple_cnn_settings_beside_a_users_model_are_refused_not_ignored(tmp_path, monkeypatch, flag):
+    from typer.testing import CliRunner
+
+    from convscope.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--model", "usermodels:resnet", *flag, "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: {flag[0]} shapes convscope's simple_cnn and does nothing with --model "
+                                     "usermodels:resnet: set the layers in your factory instead")
+    assert not (tmp_path / "runs").exists()

@@ -89,6 +89,10 @@ def train_command(
         if data_root is not None:
             cfg.data_root = data_root
     else:
+        if model is not None and (channels is not None or not bn):
+            shaping = "--channels" if channels is not None else "--no-bn"
+            raise ConfigError(f"{shaping} shapes convscope's simple_cnn and does nothing with --model {model}: "
+                              "set the layers in your factory instead")
         given = {"epochs": epochs, "lr": lr, "bs": bs, "crop": crop, "shift": shift,
                  "channels": None if channels is None else parse_ints(channels, "--channels"),
                  "freeze": None if freeze is None else _parse_freeze(freeze)}
