@@ -180,3 +180,24 @@ def test_batch_size_advice_from_noise_scale_file(tmp_path):
     assert R.batch_size_advice(Run())[0].rule == "batch_size_large"
     Run.config = {"bs": 1024}
     assert R.batch_size_advice(Run())[0].rule == "batch_size_ok"
+
+
+@dataclass
+class ScaledRun(FakeRun):
+    config: dict = field(default_factory=lambda: {"precision": "fp16"})
+
+
+def test_steps_the_fp16_loss_scaler_skipped_are_not_exploding_gradients():
+    g = make_stats().grad_norm.copy()
+    g[:3, [0, 3]] = np.inf  # GradScaler's first steps at scale 65536 overflow and are skipped
+    assert "exploding_gradients" in rules_fired(R.gradient_health(FakeRun(make_stats(grad_norm=g))))
+    assert rules_fired(diagnose(ScaledRun(make_stats(grad_norm=g)))) == {"healthy"}
+    assert rules_fired(diagnose(ScaledRun(make_stats(grad_norm=g), config={"loss_scaling": True}))) == {"healthy"}
+
+
+def test_a_loss_scaler_that_keeps_skipping_is_a_finding():
+    g = make_stats().grad_norm.copy()
+    g[::5, 0] = np.inf  # one step in five overflows
+    findings = R.gradient_health(ScaledRun(make_stats(grad_norm=g)))
+    assert [f.rule for f in findings] == ["loss_scale_overflows"]
+    assert findings[0].severity == "medium" and "20 of 100 recorded steps" in findings[0].evidence

@@ -34,6 +34,11 @@ GRAD_RATIO_FIRST_LAST = 1e-3  # first layer's gradient 1000x smaller than the la
 GRAD_EXPLODED = 1e3  # gradient norms this large make single steps undo training
 UPDATE_TOO_HIGH = 3e-2  # |dW|/|W| per step above 3%: the lr rewrites weights each step (~1e-3 is typical)
 UPDATE_TOO_LOW = 1e-5  # below 1e-5 at the peak of training: the lr is too small to move the weights
+# Loss scaling (fp16): torch's GradScaler skips each step whose scaled gradient overflowed and halves its
+# scale, then doubles it after 2000 clean steps. A healthy run overflows in its first few steps (until the
+# scale has come down from 65536) and then about once per 2000 steps: far below 10% of its steps.
+SCALER_SKIPS_HIGH = 0.1
+LOSS_SCALED_PRECISIONS = ("fp16", "16-mixed", "16")  # config precision names: convscope's, Lightning's
 # --- loss and metrics --------------------------------------------------------------------------------
 LOSS_EDGE = 0.1  # "start" and "end" of training: the first and last 10% of steps
 NOT_LEARNING = 0.9  # end loss >= 90% of start loss: training did not reduce the loss
@@ -182,6 +187,17 @@ def gradient_health(run: Any) -> list[Finding]:
         return []
     g = stats.grad_norm[:, weights]
     findings = []
+    if _loss_scaled(run):
+        # An infinite norm at a step the scaler skipped is the scaler at work, not an exploding gradient.
+        overflowed = np.isinf(g).any(axis=1)
+        g = g[~overflowed]
+        if overflowed.mean() > SCALER_SKIPS_HIGH:
+            findings.append(Finding(
+                "loss_scale_overflows", "medium", None, _span(stats.steps[overflowed]),
+                f"{int(overflowed.sum())} of {len(overflowed)} recorded steps overflowed in fp16 and were skipped by "
+                "the loss scaler", "lower the lr, or train in bf16 (--precision bf16), whose range needs no scaling"))
+        if len(g) == 0:
+            return findings
     if not np.all(np.isfinite(g[~np.isnan(g)])):
         return [Finding("exploding_gradients", "high", None, _span(stats.steps),
                         "a gradient norm was infinite", "lower the lr; clip gradients; check the loss for NaN")]
@@ -207,6 +223,12 @@ def gradient_health(run: Any) -> list[Finding]:
             "lower the lr or clip gradients (torch.nn.utils.clip_grad_norm_)"))
     findings += _update_ratio(stats, weights)
     return findings
+
+
+def _loss_scaled(run: Any) -> bool:
+    """Whether the run trained with fp16 loss scaling (convscope train, watch(scaler=...), Lightning)."""
+    config = getattr(run, "config", None) or {}
+    return bool(config.get("loss_scaling")) or str(config.get("precision")) in LOSS_SCALED_PRECISIONS
 
 
 def _update_ratio(stats, weights: list[int]) -> list[Finding]:

@@ -138,8 +138,11 @@ class Watch:
         if not self.writes:
             return
         assert self.run_dir is not None
+        scaler = self.collector.scaler
         atomic_write_json(self.run_dir / "config.json", {
             **self.config, "source": self.config.get("source", "convscope.watch"),
+            # diagnosis reads an infinite gradient norm in a loss-scaled run as a step the scaler skipped
+            "loss_scaling": bool(scaler is not None and scaler.is_enabled()),
             "versions": {"torch": torch.__version__, "python": platform.python_version(),
                          **self.config.get("versions", {})}})
         atomic_write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
