@@ -57,6 +57,7 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope train --model": "tests/models/test_factory.py",  # the memory check: tests/models/test_memory.py
     "convscope train [--crop": "tests/test_recipes.py",  # the fast recipe sets all three; bad values: test_bad_inputs
     "convscope lr-find": "tests/test_cli_lr_find.py",
+    "convscope rerun": "tests/test_rerun.py",
     "convscope lr-study": "tests/test_lr_study.py",
     "convscope bs-sweep": "tests/test_bs_sweep.py",
 }

@@ -14,6 +14,7 @@ from convscope.cli.diagnose import diagnose_command
 from convscope.cli.lr_find import lr_find_command
 from convscope.cli.lr_study import lr_study_command
 from convscope.cli.report import report_command
+from convscope.cli.rerun import rerun_command
 from convscope.cli.summary import summary_command
 from convscope.cli.train import train_command
 
@@ -22,6 +23,7 @@ COMMANDS = {  # in the order `convscope --help` lists them
     "summary": summary_command,
     "diagnose": diagnose_command,
     "report": report_command,
+    "rerun": rerun_command,
     "lr-find": lr_find_command,
     "lr-study": lr_study_command,
     "bs-sweep": bs_sweep_command,

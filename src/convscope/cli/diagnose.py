@@ -22,8 +22,11 @@ def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
         table.add_column(col, overflow="fold")
     for f in findings:
         steps = f"{f.steps[0]}-{f.steps[1]}" if f.steps else ""
+        remedy = f.remedy
+        if f.change:  # what `convscope rerun RUN --apply-remedies` would set
+            remedy += "\n[dim]rerun: " + ", ".join(f"{k}={v}" for k, v in f.change.items()) + "[/]"
         table.add_row(f"[{_SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule, f.layer or "", steps,
-                      f.evidence, f.remedy)
+                      f.evidence, remedy)
     return table
 
 

@@ -53,6 +53,32 @@ ACT_REMEDY = ("add BatchNorm (--bn), warm the learning rate up (fit_one_cycle) o
               "initialisation (kaiming for ReLU)")
 
 
+def _config(run: Any) -> dict[str, Any]:
+    config = getattr(run, "config", None)
+    return config if isinstance(config, dict) else {}
+
+
+def _activation_change(run: Any) -> dict[str, Any]:
+    """The settings ACT_REMEDY names, as far as this run's config says they are not set yet: BatchNorm
+    (only convscope's simple_cnn has the switch), 1cycle's warm-up, and else a lower lr."""
+    config = _config(run)
+    change: dict[str, Any] = {}
+    if config.get("bn") is False and not config.get("model"):
+        change["bn"] = True
+    if config.get("schedule") not in (None, "one-cycle"):
+        change["schedule"] = "one-cycle"
+    return change or {"lr": "x0.1"}
+
+
+def _bn_change(run: Any) -> dict[str, Any]:
+    """BatchNorm, where this run's model is simple_cnn without it; else nothing a setting can do."""
+    config = _config(run)
+    return {"bn": True} if config.get("bn") is False and not config.get("model") else {}
+
+
+LOWER_LR = {"lr": "x0.1"}
+
+
 def _stats(run: Any):
     """The run's activation statistics, None when it has none. A damaged stats.npz raises RunError, on
     purpose: a diagnosis that silently skipped the activation rules would read as "healthy"."""
@@ -103,7 +129,7 @@ def near_zero_activations(run: Any) -> list[Finding]:
             f"{len(stuck)} layer(s) carry almost no signal over the last {TAIL:.0%} of training; first: "
             f"{stats.layers[i]} with {nz:.0%} of values <= 0.05 and {dead:.0%} of channels dead "
             f"(first steps: {start:.0%} near zero); later layers inherit it",
-            ACT_REMEDY, tuple(stats.layers[j] for j, *_ in stuck)))
+            ACT_REMEDY, tuple(stats.layers[j] for j, *_ in stuck), _activation_change(run)))
     if growing:
         i, nz, dead, start = growing[0]
         findings.append(Finding(
@@ -111,7 +137,7 @@ def near_zero_activations(run: Any) -> list[Finding]:
             f"near-zero share of {stats.layers[i]} grew from {start:.0%} to {nz:.0%} during training "
             f"({len(growing)} layer(s) alike): units are dying as it trains",
             "lower the peak learning rate or use fit_one_cycle; add BatchNorm; consider LeakyReLU",
-            tuple(stats.layers[j] for j, *_ in growing)))
+            tuple(stats.layers[j] for j, *_ in growing), _activation_change(run)))
     return findings
 
 
@@ -145,7 +171,7 @@ def collapse_cycles(run: Any) -> list[Finding]:
         f"activations of {stats.layers[i]} collapsed to near zero {len(starts)} times (>= {COLLAPSE_ENTER:.0%} "
         f"of values <= 0.05) at steps {at}; {len(hits)} layer(s) show the surge-and-collapse cycle",
         "start with a low learning rate and warm up (fit_one_cycle), lower the peak lr, add BatchNorm",
-        tuple(stats.layers[j] for j, _ in hits))]
+        tuple(stats.layers[j] for j, _ in hits), _activation_change(run))]
 
 
 def depth_scale(run: Any) -> list[Finding]:
@@ -167,13 +193,13 @@ def depth_scale(run: Any) -> list[Finding]:
                 f"activation std goes from {std[a]:.3g} ({stats.layers[a]}) to {std[b]:.3g} ({stats.layers[b]}): "
                 f"x{ratio:.3g} in one layer",
                 "use a variance-preserving initialisation (kaiming), add BatchNorm between layers",
-                (stats.layers[a], stats.layers[b])))
+                (stats.layers[a], stats.layers[b]), _bn_change(run)))
     big = [i for i in weights if np.isfinite(std[i]) and std[i] >= STD_EXPLODED]
     if big:
         findings.append(Finding(
             "exploding_activations", "high", stats.layers[big[0]], _span(stats.steps[tail]),
             f"activation std {std[big[0]]:.3g} in {stats.layers[big[0]]}", "lower the lr; add BatchNorm",
-            tuple(stats.layers[i] for i in big)))
+            tuple(stats.layers[i] for i in big), {**LOWER_LR, **_bn_change(run)}))
     return findings
 
 
@@ -195,12 +221,14 @@ def gradient_health(run: Any) -> list[Finding]:
             findings.append(Finding(
                 "loss_scale_overflows", "medium", None, _span(stats.steps[overflowed]),
                 f"{int(overflowed.sum())} of {len(overflowed)} recorded steps overflowed in fp16 and were skipped by "
-                "the loss scaler", "lower the lr, or train in bf16 (--precision bf16), whose range needs no scaling"))
+                "the loss scaler", "lower the lr, or train in bf16 (--precision bf16), whose range needs no scaling",
+                change={"precision": "bf16"}))
         if len(g) == 0:
             return findings
     if not np.all(np.isfinite(g[~np.isnan(g)])):
         return [Finding("exploding_gradients", "high", None, _span(stats.steps),
-                        "a gradient norm was infinite", "lower the lr; clip gradients; check the loss for NaN")]
+                        "a gradient norm was infinite", "lower the lr; clip gradients; check the loss for NaN",
+                        change=LOWER_LR)]
     med = np.nanmedian(g, axis=0)
     vanished = [weights[j] for j, v in enumerate(med) if v < GRAD_VANISHED]
     if vanished:
@@ -208,19 +236,19 @@ def gradient_health(run: Any) -> list[Finding]:
             "vanishing_gradients", "high", stats.layers[vanished[0]], _span(stats.steps),
             f"median gradient norm {med[weights.index(vanished[0])]:.2g} in {stats.layers[vanished[0]]}: "
             f"{len(vanished)} weight layer(s) receive no gradient", ACT_REMEDY,
-            tuple(stats.layers[i] for i in vanished)))
+            tuple(stats.layers[i] for i in vanished), _activation_change(run)))
     elif med[-1] > 0 and med[0] / med[-1] < GRAD_RATIO_FIRST_LAST:
         findings.append(Finding(
             "vanishing_gradients", "medium", stats.layers[weights[0]], _span(stats.steps),
             f"gradient norm of {stats.layers[weights[0]]} is {med[0] / med[-1]:.2g}x "
             f"that of {stats.layers[weights[-1]]}",
-            "add BatchNorm or residual connections; use kaiming initialisation"))
+            "add BatchNorm or residual connections; use kaiming initialisation", change=_bn_change(run)))
     if np.nanmax(g) >= GRAD_EXPLODED:
         j = int(np.nanargmax(np.nanmax(g, axis=0)))
         findings.append(Finding(
             "exploding_gradients", "medium", stats.layers[weights[j]], _span(stats.steps),
             f"gradient norm reached {np.nanmax(g):.3g} in {stats.layers[weights[j]]}",
-            "lower the lr or clip gradients (torch.nn.utils.clip_grad_norm_)"))
+            "lower the lr or clip gradients (torch.nn.utils.clip_grad_norm_)", change=LOWER_LR))
     findings += _update_ratio(stats, weights)
     return findings
 
@@ -243,11 +271,11 @@ def _update_ratio(stats, weights: list[int]) -> list[Finding]:
     if med > UPDATE_TOO_HIGH:
         return [Finding("update_ratio_high", "medium", None, span,
                         f"median |weight update| / |weight| = {med:.2g} per step around the lr peak (~1e-3 is typical)",
-                        "lower the (peak) learning rate")]
+                        "lower the (peak) learning rate", change=LOWER_LR)]
     if med < UPDATE_TOO_LOW:
         return [Finding("update_ratio_low", "low", None, span,
                         f"median |weight update| / |weight| = {med:.2g} per step around the lr peak (~1e-3 is typical)",
-                        "raise the learning rate (run the LR finder)")]
+                        "raise the learning rate (run the LR finder)", change={"lr": "x10"})]
     return []
 
 
@@ -260,7 +288,8 @@ def loss_health(run: Any) -> list[Finding]:
         first = int(np.flatnonzero(~np.isfinite(loss))[0])
         return [Finding("loss_not_finite", "high", None, (int(steps[first]), int(steps[-1])),
                         f"training loss became {loss[first]} at step {int(steps[first])}",
-                        "lower the lr; add BatchNorm; check the data for NaN/inf")]
+                        "lower the lr; add BatchNorm; check the data for NaN/inf",
+                        change={**LOWER_LR, **_bn_change(run)})]
     k = max(1, int(len(loss) * LOSS_EDGE))
     start, end = float(loss[:k].mean()), float(loss[-k:].mean())
     smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
@@ -270,13 +299,29 @@ def loss_health(run: Any) -> list[Finding]:
                                 f"training loss went from {start:.3g} (first {LOSS_EDGE:.0%} of steps) to {end:.3g} "
                                 f"(last {LOSS_EDGE:.0%}): it did not decrease",
                                 "check the activations (near-zero findings), lower the lr or warm it up "
-                                "(fit_one_cycle)"))
+                                "(fit_one_cycle)", change=_not_learning_change(run)))
     elif len(loss) >= 20 and end >= DIVERGED * float(smooth.min()):
         findings.append(Finding("loss_diverging", "high", None, _span(steps),
                                 f"training loss ended at {end:.3g}, {end / smooth.min():.1f}x its best "
                                 f"{smooth.min():.3g}",
-                                "lower the learning rate or anneal it (fit_one_cycle)"))
+                                "lower the learning rate or anneal it (fit_one_cycle)",
+                                change=_activation_change(run) if "bn" not in _activation_change(run) else LOWER_LR))
     return findings
+
+
+def _not_learning_change(run: Any) -> dict[str, Any]:
+    """A loss that does not fall: a higher lr if the weights hardly move, else the activations' remedy."""
+    stats = _stats(run)
+    if stats is not None and stats.n_steps:
+        weights = [i for i, k in enumerate(stats.kinds) if k in WEIGHT_KINDS]
+        u = stats.update_ratio[:, weights]
+        if weights and not np.all(np.isnan(u)) and float(np.nanmedian(u)) < UPDATE_TOO_LOW:
+            return {"lr": "x10"}
+    return _activation_change(run)
+
+
+def _power_of_two(x: float) -> int:
+    return int(2 ** round(np.log2(max(x, 1.0))))
 
 
 def overfitting(run: Any) -> list[Finding]:
@@ -290,7 +335,7 @@ def overfitting(run: Any) -> list[Finding]:
         return [Finding("overfitting", "medium", None, None,
                         f"validation loss rose from {valid[best]:.3g} (epoch {best + 1}) to {valid[-1]:.3g} while "
                         f"training loss fell to {train[-1]:.3g}",
-                        "train fewer epochs, add weight decay or data augmentation")]
+                        "train fewer epochs, add weight decay or data augmentation", change={"epochs": best + 1})]
     return []
 
 
@@ -317,10 +362,12 @@ def batch_size_advice(run: Any) -> list[Finding]:
     if bs * BS_FAR < b_crit:
         return [Finding("batch_size_small", "low", None, span, evidence + ": well below the critical batch size",
                         f"a larger batch (up to ~{b_crit:,.0f}, memory permitting) would need fewer steps for the "
-                        "same progress; scale the lr with it (convscope bs-sweep measures the trade-off)")]
+                        "same progress; scale the lr with it (convscope bs-sweep measures the trade-off)",
+                        change={"bs": _power_of_two(min(b_crit, bs * BS_FAR))})]
     if bs > BS_FAR * b_crit:
         return [Finding("batch_size_large", "low", None, span, evidence + ": well above the critical batch size",
-                        f"a smaller batch (~{b_crit:,.0f}) reaches the same loss with less compute per step")]
+                        f"a smaller batch (~{b_crit:,.0f}) reaches the same loss with less compute per step",
+                        change={"bs": _power_of_two(max(b_crit, bs / BS_FAR))})]
     return [Finding("batch_size_ok", "info", None, span, evidence + ": close to the critical batch size",
                     "nothing to change")]
 

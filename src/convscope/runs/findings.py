@@ -25,8 +25,11 @@ class Finding:
     layer: str | None  # the layer it is about (None: the whole run)
     steps: tuple[int, int] | None  # first and last step of the evidence
     evidence: str  # the numbers, in words
-    remedy: str  # what to change
+    remedy: str  # what to change, in words
     layers: tuple[str, ...] = field(default_factory=tuple)  # every layer involved, when several
+    # The remedy as `convscope train` settings, for `convscope rerun --apply-remedies`: a value to set
+    # ({"bn": True}) or, for a number, a factor written "x<factor>" ({"lr": "x0.1"}). Empty: nothing to set.
+    change: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -36,13 +39,14 @@ class Finding:
         d = asdict(self)
         d["steps"] = list(self.steps) if self.steps is not None else None
         d["layers"] = list(self.layers)
+        d["change"] = dict(self.change)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Finding:
         steps = tuple(d["steps"]) if d.get("steps") is not None else None
         return cls(d["rule"], d["severity"], d.get("layer"), steps, d["evidence"], d["remedy"],
-                   tuple(d.get("layers", ())))
+                   tuple(d.get("layers", ())), dict(d.get("change", {})))
 
 
 FINDINGS_FILE = "findings.json"
@@ -88,4 +92,7 @@ def _finding_problem(row: object) -> str | None:
     layers = row.get("layers", [])
     if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
         return "has layers that are not a list of text"
+    change = row.get("change", {})
+    if not (isinstance(change, dict) and all(isinstance(v, (bool, int, float, str)) for v in change.values())):
+        return "has a change that is not an object of settings"
     return None

@@ -192,5 +192,6 @@ class NonFiniteGuard(Callback):
                    f"add BatchNorm, or check the data")
         finding = Finding("loss_not_finite" if what == "loss" else "gradient_not_finite", "high", layer,
                           (step, step), f"the {what} became {value} at step {step}{where}",
-                          "lower the learning rate or warm it up (fit_one_cycle); add BatchNorm; check the input data")
+                          "lower the learning rate or warm it up (fit_one_cycle); add BatchNorm; check the input data",
+                          change={"lr": "x0.1"})
         raise NonFiniteError(message, finding)
