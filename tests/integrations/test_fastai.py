@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,83 +24,97 @@ from convscope.stats.hooks import select_modules
 
 pytestmark = pytest.mark.fastai
 
-if os.environ.get("CI", "").strip().lower() in ("true", "1"):
-    import fastai  # noqa: F401 - CI's fastai environment has it: a missing package fails instead of skipping
-else:
-    pytest.importorskip("fastai")
 
-from fastai.callback.core import Callback  # noqa: E402 - after the import that may skip
-from fastai.callback.schedule import fit_one_cycle  # noqa: E402, F401 - patches Learner.fit_one_cycle
-from fastai.data.core import DataLoaders  # noqa: E402
-from fastai.learner import Learner  # noqa: E402
-from fastai.metrics import accuracy  # noqa: E402
 
-from convscope.integrations.fastai import Scope  # noqa: E402
+def import_fastai():
+    """fastai's modules, imported when a test runs (not when pytest collects this file: the main test run,
+    which deselects these tests, has no fastai). In CI a missing fastai fails instead of skipping."""
+    if os.environ.get("CI", "").strip().lower() not in ("true", "1"):
+        pytest.importorskip("fastai")
+    from fastai.callback.core import Callback
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 - adds Learner.fit_one_cycle
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+
+    from convscope.integrations.fastai import Scope
+
+    return SimpleNamespace(Callback=Callback, DataLoaders=DataLoaders, Learner=Learner, accuracy=accuracy,
+                           Scope=Scope)
+
 
 BS, N_TRAIN, EPOCHS = 64, 512, 2
 STEPS = N_TRAIN // BS * EPOCHS
 
 
-class Reference(Callback):
-    """Each training batch's layer outputs (our hooks) and gradient norms (before the optimizer step)."""
+def reference(fa):  # a fastai Callback, made once fastai is imported
+    class Reference(fa.Callback):
+        """Each training batch's layer outputs (our hooks) and gradient norms (before the optimizer step)."""
 
-    order = 0
+        order = 0
 
-    def __init__(self) -> None:
-        self.outputs, self.norms, self.current = [], [], {}
+        def __init__(self) -> None:
+            self.outputs, self.norms, self.current = [], [], {}
 
-    def before_fit(self):
-        self.layers = [name for name, _ in select_modules(self.learn.model)]
+        def before_fit(self):
+            self.layers = [name for name, _ in select_modules(self.learn.model)]
 
-        def hook(name):
-            def record(module, inputs, output):
-                if module.training and torch.is_grad_enabled():
-                    self.current[name] = output.detach().double().clone()
-            return record
-        self.handles = [self.learn.model.get_submodule(n).register_forward_hook(hook(n)) for n in self.layers]
+            def hook(name):
+                def record(module, inputs, output):
+                    if module.training and torch.is_grad_enabled():
+                        self.current[name] = output.detach().double().clone()
+                return record
+            self.handles = [self.learn.model.get_submodule(n).register_forward_hook(hook(n)) for n in self.layers]
 
-    def before_step(self):
-        self.outputs.append(self.current)
-        self.current = {}
-        norms = {}
-        for name in self.layers:
-            params = list(self.learn.model.get_submodule(name).parameters(recurse=False))
-            if params:
-                norms[name] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-        self.norms.append(norms)
+        def before_step(self):
+            self.outputs.append(self.current)
+            self.current = {}
+            norms = {}
+            for name in self.layers:
+                params = list(self.learn.model.get_submodule(name).parameters(recurse=False))
+                if params:
+                    norms[name] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+            self.norms.append(norms)
 
-    def after_fit(self):
-        for h in self.handles:
-            h.remove()
+        def after_fit(self):
+            for h in self.handles:
+                h.remove()
+
+    return Reference()
 
 
 @pytest.fixture(scope="module")
-def dls(mnist_tensors):
+def fa():
+    return import_fastai()
+
+
+@pytest.fixture(scope="module")
+def dls(fa, mnist_tensors):
     x, y, xt, yt = mnist_tensors
-    return DataLoaders.from_dsets(TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), TensorDataset(xt[:512], yt[:512]),
+    return fa.DataLoaders.from_dsets(TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), TensorDataset(xt[:512], yt[:512]),
                                   bs=BS, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def fitted(dls, tmp_path_factory):
+def fitted(fa, dls, tmp_path_factory):
     """One fit_one_cycle run for all tests here: (learner, reference, run folder)."""
     run_dir = tmp_path_factory.mktemp("fastai") / "run"
-    learn, ref = fit(dls, run_dir)
+    learn, ref = fit(fa, dls, run_dir)
     return learn, ref, run_dir
 
 
-def fit(dls, run_dir):
+def fit(fa, dls, run_dir):
     torch.manual_seed(0)
-    ref = Reference()
-    learn = Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, metrics=accuracy,
-                    cbs=[ref, Scope(run_dir, every=1, sample=None)])
+    ref = reference(fa)
+    learn = fa.Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, metrics=fa.accuracy,
+                       cbs=[ref, fa.Scope(run_dir, every=1, sample=None)])
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(EPOCHS, 0.01)
     return learn, ref
 
 
-def test_a_second_fit_with_the_same_scope_is_refused(dls, tmp_path):
-    learn = Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, cbs=Scope(tmp_path / "run"))
+def test_a_second_fit_with_the_same_scope_is_refused(fa, dls, tmp_path):
+    learn = fa.Learner(dls, simple_cnn(), loss_func=torch.nn.functional.cross_entropy, cbs=fa.Scope(tmp_path / "run"))
     with learn.no_bar(), learn.no_logging():
         learn.fit(1)
         with pytest.raises(RuntimeError, match="new Scope"):

@@ -1,13 +1,12 @@
 """torch.compile with statistics on: no recompiles after warm-up, and the statistics of the eager model.
 
-ActivationStats' forward hooks run inside the compiled forward. Traced by dynamo, each hook guards on the
-collector's Python state (its row slot, which changes at every recorded step): measured with torch 2.13,
-a 60-step run recompiles the hook until dynamo's recompile limit (8), within the first recorded steps, and
-makes 20 graphs. With the hooks kept
-out of tracing (`torch.compiler.disable` on the hook function, the change stats/hooks.py `_bind` needs), the
-model compiles into 12 graphs at the first step (a graph break at each hooked module; the modules' own
-forwards are specialised per layer shape, 21 guard failures, all in that step) and never again.
-Until hooks.py makes that change, `hooks_outside_dynamo` makes it here, and the last test marks the defect.
+ActivationStats' forward hooks run inside the compiled forward. A hook traced by dynamo must read nothing
+that changes from step to step: measured with torch 2.13, a hook that read the collector's row slot
+recompiled until dynamo's recompile limit (8) within the first recorded steps; one run eagerly instead
+(torch.compiler.disable) broke the graph at every hooked module, and on a torchvision-style ResNet the
+modules' own forwards then recompiled per conv shape past that limit too. So a traced hook only keeps a
+copy of the output, guarded by one flag that is the same for a whole step (stats/collector.py): the
+model compiles into one graph for recorded steps and one for the others, with no graph break.
 """
 
 from __future__ import annotations
@@ -102,8 +101,15 @@ def test_without_a_cpp_compiler_a_compile_run_trains_eagerly_with_a_warning(data
 
 
 def test_the_statistics_hooks_never_drive_dynamo_to_its_recompile_limit(mnist_tensors, fresh_dynamo):
-    """Hooks traced into the compiled graph recompiled for each layer and each new row slot, until dynamo's
-    limit made it give up; stats/hooks.py runs them outside dynamo (torch._dynamo.disable)."""
+    """Hooks traced into the compiled graph once recompiled for each layer and each new row slot, until dynamo's
+    limit made it give up."""
     seen = Compiles()
     learner(mnist_tensors, True, cbs=[seen, StopAt(3 * 4 + 1)]).fit(1, 1e-3)  # three recorded steps
     assert not any("recompile limit" in reason for reason in counters["unimplemented"])
+
+
+def test_the_statistics_add_no_graph_break_to_a_compiled_model(mnist_tensors, fresh_dynamo):
+    """Without statistics simple_cnn compiles into one graph; with them, into two (a recorded step and another)
+    and never breaks: the compiled code is the model's own, fused as inductor fuses it without convscope."""
+    learner(mnist_tensors, True, cbs=[StopAt(6)]).fit(1, 1e-3)
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]

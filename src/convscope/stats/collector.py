@@ -9,6 +9,15 @@ Per recorded training step:
     before_update()/after_update()   per-layer |weight change| / |weight| across the optimizer step
 Nothing in that path reads a value back to the host; see buffer.py for when that happens.
 
+Inside a torch.compile'd model the hooks are traced into the graph, and a traced hook must read nothing that
+changes from step to step, or dynamo recompiles until its limit (the row's slot changes at every recorded
+step). So there the hook only keeps a copy of the module's output (`_stash`: the first `sample` items),
+guarded by one flag that is the same for a whole step (`recording`): two graphs in all, one for recorded and
+one for other steps. The copies are turned into the row's statistics eagerly, at the first collector call
+after the forward pass (after_backward, at the latest), exactly as the eager hook would have. A copy, because
+a later in-place op in the graph (torchvision's `out += identity`) would change the output it was taken of.
+The weights before the update are then copied by an optimizer step pre-hook (watch() knows no optimizer).
+
 What a row holds, whichever drives it:
 - Only training forward passes count: module.training, grad enabled, not inference mode. A pass in eval
   mode or under torch.no_grad()/inference_mode inside or between steps leaves the row alone.
@@ -30,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from convscope.config import check_whole_number
 from convscope.dist.context import all_reduce, current
@@ -81,6 +91,9 @@ class StatsCollector:
         self._scaler_states: Any = None
         self.unseen = functional_activations(model, self.layers)
         self.hooks: Hooks | None = None
+        self._optimizer_hook: Any = None
+        self.recording = False  # whether this step's row is recorded (the only state a traced hook reads)
+        self.stash: dict[int, torch.Tensor] = {}  # layer -> its output's copy, from traced hooks
         self._before: list[torch.Tensor] | None = None  # the weights before the update (grad_stats)
         self._have_before = False
         self._batch = self._row_batch(device)
@@ -120,7 +133,8 @@ class StatsCollector:
     # ----------------------------------------------------------------- lifecycle
     def attach(self) -> None:
         if self.hooks is None:
-            self.hooks = Hooks([m for _, m in self.named], self._hook)
+            self.hooks = Hooks([m for _, m in self.named], self._hook, traced=self._traced_hook)
+            self._optimizer_hook = register_optimizer_step_pre_hook(self._before_optimizer_step)
             device = self.buffer.values.device
             self._owner = self._params[1].to(device)
             self._has_params = torch.zeros(len(self.layers), dtype=torch.bool, device=device)
@@ -133,6 +147,7 @@ class StatsCollector:
         if self.hooks is not None:
             self.hooks.remove()
             self.hooks = None
+            self._optimizer_hook.remove()
         self.end_step()
 
     # ----------------------------------------------------------------- per step
@@ -140,6 +155,7 @@ class StatsCollector:
         """Open a row if `step` is recorded; returns whether it is."""
         self._armed = None
         self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
+        self.recording = self.slot >= 0
         if self.slot >= 0 and self.scaler is not None:
             self._scaler_states = self.scaler._per_optimizer_states
         return self.slot >= 0
@@ -148,16 +164,54 @@ class StatsCollector:
         """The next training forward pass of a watched module opens step `step`'s row (if recorded)."""
         self.slot = -1
         self._armed = step
+        self.recording = self.buffer.should_record(step)
+
+    def _traced_hook(self, i: int, module: nn.Module, output: Any) -> None:
+        """The hook as a compiled graph runs it: keep a copy of the output (see the module docstring)."""
+        if not (self.recording and module.training and torch.is_grad_enabled()):
+            return
+        output = _first_tensor(output)
+        if output is not None:
+            output = output.detach()
+            if self.sample is not None and output.ndim > 0:
+                output = output[: self.sample]
+            self.stash[i] = output.clone()
+
+    def _take_stash(self) -> None:
+        """Turn the copies traced hooks kept into the row's statistics, in layer order."""
+        if not self.stash:
+            return
+        stash, self.stash = self.stash, {}
+        if self._armed is not None:
+            have_before = self._have_before  # the optimizer pre-hook may have copied the weights already
+            self.begin_step(self._armed)
+            self._have_before = have_before and self.slot >= 0
+        for i in sorted(stash):
+            if self.slot >= 0:
+                self._record(i, stash[i])
+
+    def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # A row whose weights nobody copied yet (watch() around a compiled model, where no eager hook opened
+        # the row): copy them now, as the forward pass saw them. A torch optimizer's step pre-hook, for every
+        # optimizer while attached; a step with its weights already copied returns at once.
+        if not self._have_before and (self.slot >= 0 or (self.stash and self._armed is not None)):
+            self._copy_weights()
 
     def _hook(self, i: int, module: nn.Module, inputs: Any, output: Any) -> None:
         # Cheap host checks first: a pass in eval mode or without autograd is not a training step.
         if not (module.training and torch.is_grad_enabled()) or torch.is_inference_mode_enabled():
             return
+        if self.stash:
+            self._take_stash()  # a compiled part ran before this eager one in the same step
         if self._armed is not None:
             if self.begin_step(self._armed):
                 self.before_update()  # weights as the forward saw them: the optimizer has not run yet
         if self.slot < 0:
             return
+        self._record(i, output)
+
+    def _record(self, i: int, output: Any) -> None:
+        """Layer i's statistics of `output` into the open row."""
         output = _first_tensor(output)
         if output is None or output.numel() == 0:  # nothing to count: the layer reads as not run
             return
@@ -211,6 +265,7 @@ class StatsCollector:
             self.fine = self._fine_factors()
 
     def after_backward(self) -> None:
+        self._take_stash()
         if self.slot >= 0:
             self._finish_row()  # a layer that did not run this step left the row open
         if self.slot < 0 or not self.grad_stats or not self._params[0]:
@@ -271,7 +326,12 @@ class StatsCollector:
         self.buffer.frozen[self.slot] = self._frozen[2]
 
     def before_update(self) -> None:
-        if self.slot >= 0 and self.grad_stats and self._params[0]:
+        self._take_stash()
+        if self.slot >= 0:
+            self._copy_weights()
+
+    def _copy_weights(self) -> None:
+        if self.grad_stats and self._params[0]:
             params = [p.detach() for p in self._params[0]]
             if self._before is None or any(b.shape != p.shape for b, p in zip(self._before, params)):
                 self._before = [torch.empty_like(p) for p in params]
@@ -300,13 +360,15 @@ class StatsCollector:
         """Forget the open row: its step never finished (watch() left with no w.step() after a forward)."""
         if self.slot >= 0 and self.slot == len(self.buffer.block_steps) - 1:
             self.buffer.block_steps.pop()
-        self.slot, self._armed = -1, None
+        self.slot, self._armed, self.recording, self.stash = -1, None, False, {}
 
     def end_step(self) -> None:
+        self._take_stash()
         if self.slot >= 0:
             self._finish_row()
         self.slot = -1
         self._armed = None
+        self.recording = False
 
     # ----------------------------------------------------------------- results
     def flush(self) -> None:

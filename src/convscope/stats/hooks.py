@@ -49,11 +49,13 @@ class Hooks:
     """The same hook function on several modules; `fn(index, module, inputs, output)`."""
 
     def __init__(self, modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, Any, Any], None],
-                 forward: bool = True) -> None:
+                 forward: bool = True, traced: Callable[[int, nn.Module, Any], None] | None = None) -> None:
+        """`traced(index, module, output)`, if given, is what runs instead of `fn` inside a graph that
+        torch.compile traces (see _bind)."""
         self.hooks: list[Hook] = []
         try:
             for i, module in enumerate(modules):
-                self.hooks.append(Hook(module, _bind(fn, i), forward))
+                self.hooks.append(Hook(module, _bind(fn, i, traced), forward))
         except BaseException:
             self.remove()
             raise
@@ -72,14 +74,30 @@ class Hooks:
         self.remove()
 
 
-def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int) -> HookFn:
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int,
+          traced: Callable[[int, nn.Module, Any], None] | None = None) -> HookFn:
+    def call(module: nn.Module, inputs: Any, output: Any) -> None:
         fn(index, module, inputs, output)
 
-    # Around a torch.compile'd model, dynamo would trace into the hook and guard on the collector's state
-    # (the open row's slot, changing every step), recompiling until its cache limit. Run eagerly instead:
-    # one graph break per watched module, the same graphs every step.
-    return torch._dynamo.disable(hook, recursive=True)
+    # Around a torch.compile'd model, dynamo would trace into `fn` and guard on the collector's state (the
+    # open row's slot, changing every step), recompiling until its limit. So `fn` always runs eagerly...
+    eager = torch._dynamo.disable(call, recursive=True)
+    if traced is None:
+        return eager  # ...at the price of a graph break at each hooked module
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        # ...or, given `traced` (written to be traced: it reads only state that is the same for a whole
+        # step), that is what a compiled graph runs, and the eager `fn` runs only outside compiled code.
+        if torch.compiler.is_compiling():
+            traced(index, module, output)
+        else:
+            eager(module, inputs, output)
+
+    # Called from eager code (a graph break elsewhere in the user's model), the hook is no frame of its own
+    # for dynamo to compile (it would, once per output rank, until its recompile limit): skip it there; traced
+    # from a compiled frame it is still inlined.
+    torch._dynamo.eval_frame.skip_code(hook.__code__)
+    return hook
 
 
 def has_hooks(model: nn.Module) -> bool:
