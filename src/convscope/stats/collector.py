@@ -133,7 +133,7 @@ class StatsCollector:
     # ----------------------------------------------------------------- lifecycle
     def attach(self) -> None:
         if self.hooks is None:
-            self.hooks = Hooks([m for _, m in self.named], self._hook, traced=self._traced_hook)
+            self.hooks = Hooks([m for _, m in self.named], self._hook, traced=self._traced_hook, gate=self)
             self._optimizer_hook = register_optimizer_step_pre_hook(self._before_optimizer_step)
             device = self.buffer.values.device
             self._owner = self._params[1].to(device)

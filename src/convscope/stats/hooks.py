@@ -49,13 +49,14 @@ class Hooks:
     """The same hook function on several modules; `fn(index, module, inputs, output)`."""
 
     def __init__(self, modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, Any, Any], None],
-                 forward: bool = True, traced: Callable[[int, nn.Module, Any], None] | None = None) -> None:
+                 forward: bool = True, traced: Callable[[int, nn.Module, Any], None] | None = None,
+                 gate: Any = None) -> None:
         """`traced(index, module, output)`, if given, is what runs instead of `fn` inside a graph that
-        torch.compile traces (see _bind)."""
+        torch.compile traces (see _bind); with it, `gate.recording` False says `fn` would do nothing now."""
         self.hooks: list[Hook] = []
         try:
             for i, module in enumerate(modules):
-                self.hooks.append(Hook(module, _bind(fn, i, traced), forward))
+                self.hooks.append(Hook(module, _bind(fn, i, traced, gate), forward))
         except BaseException:
             self.remove()
             raise
@@ -75,7 +76,7 @@ class Hooks:
 
 
 def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int,
-          traced: Callable[[int, nn.Module, Any], None] | None = None) -> HookFn:
+          traced: Callable[[int, nn.Module, Any], None] | None = None, gate: Any = None) -> HookFn:
     def call(module: nn.Module, inputs: Any, output: Any) -> None:
         fn(index, module, inputs, output)
 
@@ -90,7 +91,7 @@ def _bind(fn: Callable[[int, nn.Module, Any, Any], None], index: int,
         # step), that is what a compiled graph runs, and the eager `fn` runs only outside compiled code.
         if torch.compiler.is_compiling():
             traced(index, module, output)
-        else:
+        elif gate is None or gate.recording:  # read inline: the disable wrapper costs ~5 us per call
             eager(module, inputs, output)
 
     # Called from eager code (a graph break elsewhere in the user's model), the hook is no frame of its own
