@@ -53,6 +53,7 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # two trainings of 20k images at bs 64: about a minute on a quiet 2-core CPU
 def test_the_books_failing_run_rerun_with_its_remedies_reaches_97_percent(data_dir, tmp_path, monkeypatch):
     """No BatchNorm at a constant lr of 0.06 and batch size 64: the activations collapse in the first steps
     and the run ends near 80% (README, "Seeing inside"). Its findings ask for BatchNorm and 1cycle."""
