@@ -104,3 +104,17 @@ def mnist_tensors(mnist):
     x, mean, std = normalize_images(mnist.train_images)
     xt, _, _ = normalize_images(mnist.test_images, mean, std)
     return x, mnist.train_labels, xt, mnist.test_labels
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compile's caches and counters emptied before and after the test, so that its graph and recompile
+    counts are its own (the compile tests read torch._dynamo.utils.counters and guard_failures)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters, guard_failures
+
+    torch._dynamo.reset()
+    counters.clear()
+    guard_failures.clear()
+    yield
+    torch._dynamo.reset()

@@ -172,15 +172,6 @@ class RecompileLimitHit(AssertionError):
     """Dynamo gave up compiling a frame after recompile_limit recompiles (the rest of it runs eagerly)."""
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    guard_failures.clear()
-    yield
-    torch._dynamo.reset()
-
-
 def compiled_run(kind: str, data, backend: str):
     """A hand loop whose training passes call torch.compile(model); evaluation calls the eager model. Returns
     the run and, before each training forward pass and after the last, (graphs made, recompiles) so far."""

@@ -47,15 +47,6 @@ class Compiles(Callback):
 
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    guard_failures.clear()
-    yield
-    torch._dynamo.reset()
-
-
 def learner(mnist_tensors, compiled: bool, cbs=()) -> Learner:
     x, y, _, _ = mnist_tensors
     torch.manual_seed(0)
