@@ -1,21 +1,26 @@
 """What the default statistics cost on a user's model, eager and compiled, in the Learner and in watch().
 
-    python benchmarks/model_overhead.py [--repeats 3] [--chunks 6] [--chunk 16] [--bs 128] [--quick]
+    python benchmarks/model_overhead.py [--repeats 3] [--turns 8] [--chunk 16] [--bs 128] [--quick]
 
-Cells: two models x eager/compiled x two drivers, each the default statistics (a row every 4th step from
-the first 64 items of the batch) against the same training without them:
+Cells: two models x eager/compiled x two drivers, each the default statistics (rows from the first 64 items
+of a batch, at the interval `every="auto"` chooses for this machine: stats/interval.py) against the same
+training without them:
     simple      convscope's simple_cnn (with BatchNorm) on real MNIST, 1x28x28
     resnet      the torchvision-style ResNet of tests/stats/_user_models.py on real Fashion-MNIST, zero-padded
                 to 32x32 and repeated to 3 channels
-    compiled    torch.compile(model) (inductor); its warm-up (the first chunks, both graph variants) untimed
+    compiled    torch.compile(model) (inductor)
     learner     convscope's Learner with ActivationStats() against the same Learner without it
     watch       a hand-written loop inside convscope.watch(model) against the same loop without it
-Method: the two contenders of a cell start from the same weights, take the same batches, and live in one
-process; they take turns every `chunk` steps (a multiple of 4, so each turn holds as many recorded rows),
-so both see the same machine state. A cell's ratio is its summed seconds with statistics over its summed
-seconds without; the figure is the median over repeats (each repeat alternates which contender goes first).
-The Learner's turns are fits of `chunk` steps each, so both of its contenders pay a fit's start and end once
-per turn (and the statistics their attach and flush there, which a real run pays once per epoch).
+Method: each contender of a cell is a process of its own (two compiled models of one class in one process
+would share dynamo's compiled code, whose guards do not see hooks), started from the same weights and
+taking the same batches. The two take turns of `chunk` steps, one waiting while the other runs, so both see
+the same machine state; each repeat alternates which goes first. Untimed first: the warm-up (compilation,
+both graph variants) and the interval's calibration window (its first 40 steps at every 4th step, a one-off
+cost: ~0.5% of a 938-step epoch at the simple model's measured row cost). A repeat holds `turns * chunk`
+steps, a multiple of the widest interval (64), so each contender's timed steps hold the same rows. A cell's
+ratio is the median over repeats of its summed seconds with statistics over its summed seconds without.
+The Learner's turns are fits of `chunk` steps each, so both contenders pay a fit's start and end once per
+turn (and the statistics their attach and flush there, which a real run pays once per epoch).
 Last line: `model_overhead simple=<r> resnet=<r> simple_compiled=<r> resnet_compiled=<r>`, each the worse of
 the Learner's and watch()'s ratio for that cell.
 """
@@ -23,19 +28,22 @@ the Learner's and watch()'s ratio for that cell.
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _common import REPO
+from _common import REPO, data_env
 
 sys.path.insert(0, str(REPO / "tests" / "stats"))  # the user-style models live beside the tests that use them
 from _user_models import TorchvisionResNet, fashion_rgb32  # noqa: E402
 
 MODELS = ("simple", "resnet")
+WIDEST = 64  # interval.AUTO_MAX: a repeat's steps are a multiple of it
+CALIBRATION = 40  # interval.DECIDE_AT: steps before the interval is chosen
 
 
 def load(model: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,15 +86,16 @@ class LearnerContender:
         from convscope.stats.activations import ActivationStats
         from convscope.train import Learner
 
-        self.learn = Learner(model, data, cbs=[ActivationStats()] if stats else [], opt_func="sgd", lr=0.01)
+        self.stats = ActivationStats() if stats else None
+        self.learn = Learner(model, data, cbs=[self.stats] if stats else [], opt_func="sgd", lr=0.01)
         if compiled:
             self.learn.train_model = torch.compile(model)
 
     def turn(self) -> None:
         self.learn.fit(1)
 
-    def close(self) -> None:
-        pass
+    def every(self) -> int | None:
+        return self.stats.collector.chooser.measured if self.stats else None
 
 
 class WatchContender:
@@ -107,56 +116,94 @@ class WatchContender:
                 self.w.step(loss)
             self.opt.zero_grad()
 
+    def every(self) -> int | None:
+        return self.w.collector.chooser.measured if self.w else None
+
+
+def worker(spec: dict) -> None:
+    """One contender: warm up, then run a turn for each line read from stdin, answering with its seconds."""
+    make = LearnerContender if spec["driver"] == "learner" else WatchContender
+    data = Chunks(*load(spec["model"]), spec["bs"], spec["chunk"])
+    contender = make(build(spec["model"]), data, spec["stats"], spec["compiled"])
+    for _ in range(spec["warmup"]):
+        contender.turn()
+    print(json.dumps({"ready": True, "every": contender.every()}), flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        contender.turn()
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+class Process:
+    def __init__(self, spec: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=data_env())
+
+    def answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"a worker failed (exit {self.proc.wait()}); its error is above")
+        return json.loads(line)
+
+    def turn(self) -> float:
+        self.proc.stdin.write("turn\n")
+        self.proc.stdin.flush()
+        return self.answer()["seconds"]
+
     def close(self) -> None:
-        if self.w is not None:
-            self.w.close()
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def cell(model: str, compiled: bool, driver: str, data, args) -> float:
-    """Median over repeats of (seconds with statistics) / (seconds without), taking turns every chunk."""
-    make = LearnerContender if driver == "learner" else WatchContender
-    base = build(model)
+def cell(model: str, compiled: bool, driver: str, args) -> tuple[float, dict]:
+    """Median over repeats of (seconds with statistics) / (seconds without); and the interval chosen."""
+    spec = dict(model=model, compiled=compiled, driver=driver, bs=args.bs, chunk=args.chunk, warmup=args.warmup)
+    with_stats, without = Process({**spec, "stats": True}), Process({**spec, "stats": False})
+    every = with_stats.answer()["every"]
+    without.answer()
     ratios = []
     for repeat in range(args.repeats):
-        with_stats = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), True, compiled)
-        without = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), False, compiled)
         pair = (with_stats, without) if repeat % 2 == 0 else (without, with_stats)
         seconds = {id(with_stats): 0.0, id(without): 0.0}
-        for turn in range(args.warmup + args.chunks):
+        for _ in range(args.turns):
             for contender in pair:
-                start = time.perf_counter()
-                contender.turn()
-                if turn >= args.warmup:
-                    seconds[id(contender)] += time.perf_counter() - start
-        with_stats.close()
-        without.close()
+                seconds[id(contender)] += contender.turn()
         ratios.append(seconds[id(with_stats)] / seconds[id(without)])
-    return statistics.median(ratios)
+    with_stats.close()
+    without.close()
+    return statistics.median(ratios), every
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunks", type=int, default=6, help="timed turns per contender and repeat")
-    parser.add_argument("--chunk", type=int, default=16, help="steps per turn (a multiple of 4)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed turns first (compilation)")
+    parser.add_argument("--turns", type=int, default=8, help="timed turns per contender and repeat")
+    parser.add_argument("--chunk", type=int, default=16, help="steps per turn")
     parser.add_argument("--bs", type=int, default=128)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--compiled", nargs="+", type=int, default=[0, 1], choices=(0, 1),
+                        help="0 eager, 1 torch.compile")
     parser.add_argument("--quick", action="store_true", help="one repeat of two short turns: checks it runs")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.chunks, args.chunk, args.warmup = 1, 2, 4, 1
-    if args.chunk % 4:
-        parser.error("--chunk must be a multiple of 4 (the default statistics record every 4th step)")
-    torch.set_num_threads(torch.get_num_threads())  # the machine's cores, as the other benchmarks leave it
+        args.repeats, args.turns, args.chunk = 1, 2, 4
+    elif (args.turns * args.chunk) % WIDEST:
+        parser.error(f"--turns x --chunk must be a multiple of {WIDEST}, so every repeat holds the same rows")
+    # untimed: two turns at least (compiled models compile both graph variants) and the calibration window
+    args.warmup = max(2, -(-(CALIBRATION + 1) // args.chunk))
     results: dict[str, float] = {}
-    print(f"{'cell':<18} {'learner':>8} {'watch':>8}   (seconds with statistics / without)")
-    for model in MODELS:
-        data = load(model)
-        for compiled in (False, True):
+    print(f"{'cell':<18} {'learner':>8} {'watch':>8}   (seconds with statistics / without; every chosen)")
+    for model in args.models:
+        for compiled in args.compiled:
+            compiled = bool(compiled)
             name = model + ("_compiled" if compiled else "")
-            ratios = {driver: cell(model, compiled, driver, data, args) for driver in ("learner", "watch")}
-            results[name] = max(ratios.values())
-            print(f"{name:<18} {ratios['learner']:>8.3f} {ratios['watch']:>8.3f}", flush=True)
+            ratios = {driver: cell(model, compiled, driver, args) for driver in ("learner", "watch")}
+            results[name] = max(r for r, _ in ratios.values())
+            print(f"{name:<18} {ratios['learner'][0]:>8.3f} {ratios['watch'][0]:>8.3f}   "
+                  f"every: learner {ratios['learner'][1]}, watch {ratios['watch'][1]}", flush=True)
     print("model_overhead " + " ".join(f"{k}={v:.3f}" for k, v in results.items()))
 
 

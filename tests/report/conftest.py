@@ -2,7 +2,8 @@
 
 `experiment.train` on the first 15,360 training and 2,000 test images of real MNIST (written as an
 IDX folder, which `--dataset PATH` accepts), bs 128, fit_one_cycle(1, 0.06): 120 steps. It records
-ActivationStats and writes report.html at the end; the plots are checked against the arrays it
+ActivationStats at a fixed interval (every 4th step: the default interval is chosen from measured time,
+stats/interval.py, and these tests need to know the rows) and writes report.html at the end; the plots are checked against the arrays it
 recorded, and the report it wrote is opened in a browser. Tests that change a run work on a copy.
 """
 
@@ -18,7 +19,7 @@ import pytest
 
 from convscope.runs.stats_data import ActivationStatsData
 
-N_TRAIN, N_VALID, BS = 15_360, 2_000, 128
+N_TRAIN, N_VALID, BS, EVERY = 15_360, 2_000, 128, 4
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -43,10 +44,11 @@ def trained(mnist_subset, tmp_path_factory):
     """TrainResult (learn, run_dir, config) of the shared run; its folder holds stats.npz and report.html."""
     from convscope.config import TrainConfig
     from convscope.experiments import run_training
+    from convscope.stats import ActivationStats
 
     cfg = TrainConfig(dataset=str(mnist_subset), bs=BS, out=str(tmp_path_factory.mktemp("runs")), name="book",
                       device="cpu")
-    return run_training(cfg)
+    return run_training(cfg, cbs=[ActivationStats(every=EVERY)])
 
 
 @pytest.fixture(scope="session")

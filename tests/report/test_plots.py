@@ -20,11 +20,11 @@ def ydata(line) -> np.ndarray:
     return np.asarray(line.get_ydata(), dtype=np.float64)
 
 
-def test_the_shared_run_recorded_every_layer_at_the_default_cadence(stats):
-    from convscope.stats.activations import DEFAULT_EVERY
+def test_the_shared_run_recorded_every_layer_at_its_cadence(stats):
+    from .conftest import EVERY
 
-    assert stats.n_steps == 120 // DEFAULT_EVERY and stats.bins == 40 and len(stats.layers) == 14
-    assert np.array_equal(stats.steps, np.arange(0, 120, DEFAULT_EVERY))
+    assert stats.n_steps == 120 // EVERY and stats.bins == 40 and len(stats.layers) == 14
+    assert np.array_equal(stats.steps, np.arange(0, 120, EVERY))
 
 
 def test_plot_layer_stats_draws_mean_std_and_percent_near_zero(stats):

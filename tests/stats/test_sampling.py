@@ -1,6 +1,7 @@
 """The sampling error of ActivationStats' defaults, measured against exact statistics on real MNIST.
 
-The defaults record every DEFAULT_EVERY-th step (those rows are exact in time) and compute each row on
+The defaults record every AUTO_START-th step at first (those rows are exact in time; this run is shorter than
+the interval's calibration window, stats/interval.py) and compute each row on
 the first DEFAULT_SAMPLE items of the (shuffled) batch. Measured here on a real run, per layer and
 recorded step, against the same steps computed on the whole batch. The bounds below are the documented
 sampling error of the defaults (README, "Cost and sampling").
@@ -14,7 +15,8 @@ import torch
 from convscope.data.batches import DeviceBatches
 from convscope.models.cnn import simple_cnn
 from convscope.stats import ActivationStats
-from convscope.stats.activations import DEFAULT_EVERY, DEFAULT_SAMPLE
+from convscope.stats.activations import DEFAULT_SAMPLE
+from convscope.stats.interval import AUTO_START
 from convscope.train import Learner
 
 MEAN_STD_REL = 0.10  # mean and std within 10% (relative to the layer's std) of the whole-batch value
@@ -34,7 +36,7 @@ def run(mnist_tensors, cb):
 def test_default_sampling_error_is_within_documented_bounds(mnist_tensors):
     exact = run(mnist_tensors, ActivationStats(every=1, sample=None))
     sampled = run(mnist_tensors, ActivationStats())
-    assert DEFAULT_SAMPLE < 512 and list(sampled.steps) == list(range(0, 16, DEFAULT_EVERY))
+    assert DEFAULT_SAMPLE < 512 and list(sampled.steps) == list(range(0, 16, AUTO_START))
     rows = np.searchsorted(exact.steps, sampled.steps)
     scale = exact.std[rows]
     assert np.max(np.abs(sampled.mean - exact.mean[rows]) / scale) <= MEAN_STD_REL

@@ -227,3 +227,23 @@ def test_a_model_of_modules_has_nothing_unseen(mnist_small, tmp_path):
         hand_loop(model, w, ref, mnist_small)
         ref.remove()
     assert not any(f.rule == "not_seen" for f in diagnose(convscope.load_run(tmp_path / "run")))
+
+
+def test_a_loop_that_trains_in_eval_mode_is_told_once(mnist_small):
+    """A step that should be recorded but ran no training-mode forward pass (model.eval() never undone)."""
+    x, y, _, _ = mnist_small
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, **EXACT) as w:
+        with pytest.warns(RuntimeWarning) as caught:
+            for step in range(6):
+                if step == 2:
+                    model.eval()  # an evaluation that forgot model.train() afterwards
+                F.cross_entropy(model(x[step * BS:(step + 1) * BS]), y[step * BS:(step + 1) * BS]).backward()
+                opt.step()
+                w.step()
+                opt.zero_grad()
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        "watch(): step 2 ran no training-mode forward pass of a watched module, so nothing was recorded")
+    assert list(w.data.steps) == [0, 1]

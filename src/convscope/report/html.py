@@ -258,10 +258,19 @@ def _frozen_note(stats: ActivationStatsData) -> list[str]:
     return [f'<p class="muted">Frozen part-way (no gradient, no update; their lines stop there): {_e(parts)}.</p>']
 
 
+def _interval_note(stats: ActivationStatsData) -> str:
+    """Why the rows are this sparse, when the interval was chosen from measured time (stats/interval.py)."""
+    i = stats.interval
+    if not {"row_ms", "step_ms", "budget"} <= set(i):
+        return ""
+    return (f": chosen to keep the statistics within {i['budget']:.0%} of training time, a recorded row having "
+            f"cost {i['row_ms']:.1f} ms on {i['step_ms']:.1f} ms steps")
+
+
 def _stats_section(stats: ActivationStatsData, findings: list[dict[str, Any]]) -> list[str]:
     out = ["<h2>Activation statistics</h2>",
            f'<p class="muted">{len(stats.layers)} layers, {stats.n_steps} recorded steps '
-           f"(one in {stats.every}), {stats.bins} histogram bins.</p>",
+           f"(one in {stats.every}{_interval_note(stats)}), {stats.bins} histogram bins.</p>",
            _figure(lambda: plots.plot_overview(stats), "overview of all layers"),
            "<h2>Gradients</h2>",
            _figure(lambda: plots.plot_grad_stats(stats), "gradient norm and update ratio"),

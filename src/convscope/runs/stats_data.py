@@ -7,6 +7,7 @@ Arrays are indexed [recorded step, layer] (and [..., bin] for histograms).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 from convscope.errors import RunError
 from convscope.runs.store import atomic_save_npz, read_npz
 
-_OPTIONAL = ("kinds", "ran", "frozen", "unseen")  # absent from files written by older versions
+_OPTIONAL = ("kinds", "ran", "frozen", "unseen", "interval")  # absent from files written by older versions
 
 
 @dataclass
@@ -43,6 +44,9 @@ class ActivationStatsData:
     # step, and activations applied as functions (F.relu(conv(x)): no module to hook) with the module whose
     # output they consume; ('*', 'unknown: ...') when the model could not be traced to find them.
     unseen: list[tuple[str, str]] = field(default_factory=list)
+    # How every="auto" chose the interval (stats/interval.py): row_ms, step_ms, budget, every. Empty when the
+    # interval was given, or the run ended before it was chosen.
+    interval: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.layers = [str(n) for n in self.layers]
@@ -112,6 +116,7 @@ class ActivationStatsData:
         arrays["layers"] = np.asarray(self.layers, dtype=str)
         arrays["kinds"] = np.asarray(self.kinds, dtype=str)
         arrays["unseen"] = np.asarray(self.unseen, dtype=str).reshape(-1, 2)
+        arrays["interval"] = np.asarray(json.dumps(self.interval))
         atomic_save_npz(Path(path), arrays)
 
     @classmethod
@@ -157,4 +162,18 @@ class ActivationStatsData:
         kwargs["layers"] = [str(s) for s in arrays["layers"]]
         kwargs["kinds"] = [str(s) for s in arrays.get("kinds", [])]
         kwargs["every"] = int(every.reshape(-1)[0])
+        kwargs["interval"] = _interval(path, arrays.get("interval"))
         return cls(**kwargs)
+
+
+def _interval(path: Path, array: np.ndarray | None) -> dict[str, float]:
+    if array is None:
+        return {}
+    try:
+        interval = json.loads(str(array.reshape(-1)[0])) if array.size == 1 and array.dtype.kind == "U" else None
+    except json.JSONDecodeError:
+        interval = None
+    if not isinstance(interval, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval.values()):
+        raise RunError(f"{path}: interval is not a JSON object of numbers; the file is damaged")
+    return interval

@@ -26,11 +26,14 @@ import numpy as np
 from convscope.dist.context import is_main
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats.collector import HistRange, StatsCollector, check_settings
+from convscope.stats.interval import AUTO, DEFAULT_BUDGET
 from convscope.train.callback import Callback, ResumePoint
 
 STATS_FILE = "stats.npz"
-# Defaults chosen with benchmarks/stats_overhead.py (MNIST simple_cnn, bs 512, CPU): see the README.
-DEFAULT_EVERY = 4
+# Defaults: rows from 64 items of the batch (the sampling error: tests/stats/test_sampling.py), at an
+# interval that keeps their cost within DEFAULT_BUDGET of training time on the machine at hand (interval.py;
+# benchmarks/model_overhead.py and paired_speed.py measure it).
+DEFAULT_EVERY = AUTO
 DEFAULT_SAMPLE = 64
 
 
@@ -38,10 +41,12 @@ class ActivationStats(Callback):
     """Per recorded step and watched layer: mean, std, near-zero share, dead channels, histogram, and
     the layer's gradient norm and update/weight ratio.
 
-    every:      record one training step in `every`.
+    every:      record one training step in `every`; "auto" (the default): every 4th step at first, then,
+                from the time the first 40 steps took, the widest interval among 4, 8, ..., 64 needed to
+                keep the rows' cost within `budget` of the training time (stats/interval.py; pass an
+                integer where two runs' rows must match exactly).
+    budget:     the share of training time the rows may take under every="auto" (default 0.02).
     sample:     compute each recorded row on the first `sample` items of the batch (None: all of them).
-                The defaults (every=DEFAULT_EVERY, sample=DEFAULT_SAMPLE) cost the book recipe a few
-                percent of its samples/s (benchmarks/paired_speed.py; docs/measurements.md#stats-activations);
                 `every=1, sample=None` records exact statistics at every step. The sampling error of the
                 defaults is measured in tests/stats/test_sampling.py.
     with_hist:  also record histograms (`bins` bins over `hist_range`; 'signed' = (-10, 10),
@@ -53,12 +58,13 @@ class ActivationStats(Callback):
 
     order = -20  # open the row before other callbacks run their before_batch
 
-    def __init__(self, every: int = DEFAULT_EVERY, with_hist: bool = True, bins: int = 40,
+    def __init__(self, every: int | str = DEFAULT_EVERY, with_hist: bool = True, bins: int = 40,
                  hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
-                 max_rows: int = 2048, grad_stats: bool = True, sample: int | None = DEFAULT_SAMPLE) -> None:
-        check_settings(every, bins, hist_range)
+                 max_rows: int = 2048, grad_stats: bool = True, sample: int | None = DEFAULT_SAMPLE,
+                 budget: float = DEFAULT_BUDGET) -> None:
+        check_settings(every, bins, hist_range, budget)
         self.settings = dict(every=every, with_hist=with_hist, bins=bins, hist_range=hist_range, modules=modules,
-                             max_rows=max_rows, grad_stats=grad_stats, sample=sample)
+                             max_rows=max_rows, grad_stats=grad_stats, sample=sample, budget=budget)
         self.collector: StatsCollector | None = None
         self._data: ActivationStatsData | None = None
 

@@ -115,7 +115,15 @@ class StatsBuffer:
 
     def _halve(self) -> None:
         """Keep the rows whose step is a multiple of twice the interval; double the interval."""
-        self.every *= 2
+        self.widen(self.every * 2)
+
+    def widen(self, every: int) -> None:
+        """Record one step in `every` (a multiple of the interval) from now on, and keep only the rows so far
+        whose step is a multiple of it: rows not yet flushed are filtered when they are (see flush)."""
+        if every <= self.every:
+            return
+        assert every % self.every == 0, (every, self.every)
+        self.every = every
         keep = np.flatnonzero(self.h_steps[: self.n_rows] % self.every == 0)
         for arr in (self.h_steps, self.h_values, self.h_hist, self.h_grads, self.h_ran, self.h_frozen):
             arr[: len(keep)] = arr[keep]

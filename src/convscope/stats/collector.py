@@ -48,14 +48,18 @@ from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats.buffer import StatsBuffer
 from convscope.stats.compute import fine_factor, layer_stats
 from convscope.stats.hooks import Hooks, select_modules
+from convscope.stats.interval import AUTO, AUTO_START, DEFAULT_BUDGET, IntervalChooser
 from convscope.stats.row_batch import DeviceRowBatch, RowBatch
 from convscope.stats.unseen import functional_activations
 
 HistRange = tuple[float, float] | str
 
 
-def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
-    check_whole_number("every", every)
+def check_settings(every: int | str, bins: int, hist_range: HistRange, budget: float = DEFAULT_BUDGET) -> None:
+    if every != AUTO:
+        check_whole_number("every", every, note="or 'auto'")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < 1:
+        raise ConfigError(f"budget must be a share of training time between 0 and 1, got {budget!r}")
     check_whole_number("bins", bins)
     if isinstance(hist_range, str):
         if hist_range not in ("signed", "adaptive"):
@@ -65,10 +69,11 @@ def check_settings(every: int, bins: int, hist_range: HistRange) -> None:
 
 
 class StatsCollector:
-    def __init__(self, model: nn.Module, every: int = 1, with_hist: bool = True, bins: int = 40,
+    def __init__(self, model: nn.Module, every: int | str = 1, with_hist: bool = True, bins: int = 40,
                  hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
-                 max_rows: int = 2048, block: int = 64, grad_stats: bool = True, sample: int | None = None) -> None:
-        check_settings(every, bins, hist_range)
+                 max_rows: int = 2048, block: int = 64, grad_stats: bool = True, sample: int | None = None,
+                 budget: float = DEFAULT_BUDGET) -> None:
+        check_settings(every, bins, hist_range, budget)
         if sample is not None:
             check_whole_number("sample", sample, note="batch items per recorded step")
         self.sample = sample
@@ -83,7 +88,10 @@ class StatsCollector:
         self.across_ranks = current().distributed
         self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows,
                                   across_ranks=self.across_ranks)
-        self.buffer.set_every(every)
+        # every="auto": start at AUTO_START and widen once from measured time (interval.py)
+        self.chooser = IntervalChooser(budget) if every == AUTO else None
+        self.buffer.set_every(AUTO_START if every == AUTO else every)
+        self._timed_step: int | None = None  # the training step now running, for the chooser
         self._params = self._layer_params()
         self.slot = -1
         self._armed: int | None = None  # open_on_forward: the step the next training forward opens
@@ -154,6 +162,9 @@ class StatsCollector:
     def begin_step(self, step: int, training: bool = True) -> bool:
         """Open a row if `step` is recorded; returns whether it is."""
         self._armed = None
+        self._timed_step = step if training else None
+        if self.chooser is not None and training:
+            self.chooser.step_started()  # the Learner's step: from its batch to its end, not the epoch's end
         self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
         self.recording = self.slot >= 0
         if self.slot >= 0 and self.scaler is not None:
@@ -164,6 +175,7 @@ class StatsCollector:
         """The next training forward pass of a watched module opens step `step`'s row (if recorded)."""
         self.slot = -1
         self._armed = step
+        self._timed_step = step
         self.recording = self.buffer.should_record(step)
 
     def _traced_hook(self, i: int, module: nn.Module, output: Any) -> None:
@@ -361,14 +373,29 @@ class StatsCollector:
         if self.slot >= 0 and self.slot == len(self.buffer.block_steps) - 1:
             self.buffer.block_steps.pop()
         self.slot, self._armed, self.recording, self.stash = -1, None, False, {}
+        self._timed_step = None
 
     def end_step(self) -> None:
         self._take_stash()
         if self.slot >= 0:
             self._finish_row()
+        if self.chooser is not None and self._timed_step is not None:
+            self._time_step(self._timed_step, self.slot >= 0)
+        self._timed_step = None
         self.slot = -1
         self._armed = None
         self.recording = False
+
+    def _time_step(self, step: int, recorded: bool) -> None:
+        every = self.chooser.step_ended(step, recorded)
+        if every is None:
+            return
+        if self.across_ranks:  # every rank must keep the same rows: the widest interval any rank chose
+            chosen = torch.tensor(float(every), device=self.buffer.values.device)
+            all_reduce(chosen, "max")
+            every = int(chosen.item())  # once per run
+            self.chooser.measured["every"] = every
+        self.buffer.widen(every)
 
     # ----------------------------------------------------------------- results
     def flush(self) -> None:
@@ -387,6 +414,8 @@ class StatsCollector:
         grads = np.stack([data.grad_norm, data.update_ratio], axis=-1)[keep]
         self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every, data.ran[keep],
                             data.frozen[keep])
+        if self.chooser is not None and data.interval:
+            self.chooser.measured = dict(data.interval)
         if self.hist_range == "adaptive" and len(data.steps):
             self.ranges = [tuple(r) for r in data.hist_range]
             self.fine = self._fine_factors()
@@ -403,6 +432,7 @@ class StatsCollector:
             grad_norm=b.h_grads[:n, :, 0].astype(np.float64), update_ratio=b.h_grads[:n, :, 1].astype(np.float64),
             every=b.every, kinds=[type(m).__name__ for _, m in self.named], ran=b.h_ran[:n].copy(),
             frozen=b.h_frozen[:n].copy(), unseen=self._unseen(b.h_ran[:n]),
+            interval=dict(self.chooser.measured) if self.chooser is not None else {},
         )
 
     def _unseen(self, ran: np.ndarray) -> list[tuple[str, str]]:

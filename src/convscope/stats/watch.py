@@ -16,8 +16,9 @@
 The run folder has the same layout as `convscope train` writes, so plots, reports and diagnosis work
 on it unchanged.
 
-The defaults are ActivationStats' (a row every 4th step, each from the first 64 items of its batch: the
-cost/accuracy trade-off measured in the README); `every=1, sample=None` records every step exactly.
+The defaults are ActivationStats' (rows from the first 64 items of a batch, every 4th step at first and
+then as sparse as needed, up to every 64th, to keep their cost within `budget` = 2% of the loop's time:
+stats/interval.py); `every=1, sample=None` records every step exactly.
 
 What is recorded (one row per `every` training steps, and no other rows):
 - A step is what lies between two `w.step()` calls. Its row is opened by the step's first TRAINING
@@ -42,6 +43,7 @@ What is recorded (one row per `every` training steps, and no other rows):
 from __future__ import annotations
 
 import platform
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,16 +58,18 @@ from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_write_jsonl, create_run_dir
 from convscope.stats.activations import DEFAULT_EVERY, DEFAULT_SAMPLE, STATS_FILE
 from convscope.stats.collector import HistRange, StatsCollector
+from convscope.stats.interval import DEFAULT_BUDGET
 
 
 class Watch:
-    def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int = DEFAULT_EVERY,
+    def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int | str = DEFAULT_EVERY,
                  with_hist: bool = True, bins: int = 40, hist_range: HistRange = (0.0, 10.0),
                  modules: Iterable[Any] | str | None = None, max_rows: int = 2048,
                  config: dict[str, Any] | None = None, scaler: Any = None, grad_stats: bool = True,
-                 sample: int | None = DEFAULT_SAMPLE) -> None:
+                 sample: int | None = DEFAULT_SAMPLE, budget: float = DEFAULT_BUDGET) -> None:
         self.collector = StatsCollector(model, every=every, with_hist=with_hist, bins=bins, hist_range=hist_range,
-                                        modules=modules, max_rows=max_rows, grad_stats=grad_stats, sample=sample)
+                                        modules=modules, max_rows=max_rows, grad_stats=grad_stats, sample=sample,
+                                        budget=budget)
         self.collector.scaler = scaler
         self.model = model
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -79,6 +83,7 @@ class Watch:
         self.per_step: list[dict[str, Any]] = []  # loss and the caller's other numbers, one dict per step
         self.metrics: list[dict[str, Any]] = []
         self._grads_taken = False
+        self._warned_blind = False
 
     def __enter__(self) -> Watch:
         if self.writes:
@@ -100,6 +105,7 @@ class Watch:
         if not self._grads_taken:
             self.collector.after_backward()
         self._grads_taken = False
+        self._check_seen()
         self.collector.after_update()
         self.collector.end_step()
         if loss is not None:
@@ -107,6 +113,18 @@ class Watch:
         self.per_step.append({k: v.detach().float() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
         self.n_steps += 1
         self.collector.open_on_forward(self.n_steps)
+
+    def _check_seen(self) -> None:
+        """Warn once when a step that should have been recorded saw no training forward pass at all."""
+        collector = self.collector
+        if self._warned_blind or collector.slot >= 0 or not collector.buffer.should_record(self.n_steps):
+            return
+        self._warned_blind = True
+        warnings.warn(
+            f"watch(): step {self.n_steps} ran no training-mode forward pass of a watched module, so nothing was "
+            "recorded: either the model is in eval mode (call model.train() after evaluating), or it was "
+            "compiled and called before watch() (its compiled code has no hooks: create watch() before the first "
+            "call, or call torch._dynamo.reset())", RuntimeWarning, stacklevel=3)
 
     def log(self, **metrics: Any) -> None:
         """Add one row to metrics.jsonl (e.g. epoch=..., accuracy=...)."""
@@ -127,8 +145,9 @@ class Watch:
             column = [row.get(key, float("nan")) for row in self.per_step]
             tensors = [v for v in column if isinstance(v, torch.Tensor)]
             host = iter(torch.stack(tensors).cpu().tolist()) if tensors else iter(())  # one device read
-            arrays[key] = np.asarray([next(host) if isinstance(v, torch.Tensor) else float(v) for v in column],
-                                     dtype=np.int64 if key == "epoch" else np.float32)
+            values = [next(host) if isinstance(v, torch.Tensor) else float(v) for v in column]
+            whole = key == "epoch" and not any(np.isnan(values))  # a step without an epoch leaves NaN: a float
+            arrays[key] = np.asarray(values, dtype=np.int64 if whole else np.float32)
         return arrays
 
     def save(self) -> None:

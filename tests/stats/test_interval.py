@@ -1,0 +1,165 @@
+"""every="auto": the interval chosen from measured time (stats/interval.py).
+
+The choice is checked against the rule written out by hand, and the rows it keeps against an exact run
+(every=1) on the same weights and batches: the kept rows must be those steps' rows, value for value.
+Time is a test clock here (one tick per step, more for a recorded one), so the choice is known in advance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convscope import load_run
+from convscope.errors import ConfigError, RunError
+from convscope.report.html import _interval_note
+from convscope.runs.stats_data import ActivationStatsData
+from convscope.models.cnn import simple_cnn
+from convscope.stats import ActivationStats, watch
+from convscope.stats.interval import AUTO_MAX, AUTO_START, DECIDE_AT, IntervalChooser, choose_every
+from convscope.train.callback import Callback
+from convscope.train.learner import Learner
+
+BS = 32
+
+
+def by_hand(row: float, step: float, budget: float) -> int:
+    """The rule as the docstring states it: the smallest 4 * 2**k <= 64 with row / (every * step) <= budget."""
+    for every in (4, 8, 16, 32, 64):
+        if row / (every * step) <= budget:
+            return every
+    return 64
+
+
+@pytest.mark.parametrize("row", [0.0, 0.01, 0.08, 0.1, 0.5, 1.0, 2.0, 100.0])
+@pytest.mark.parametrize("budget", [0.01, 0.02, 0.05])
+def test_the_interval_is_the_narrowest_within_budget(row, budget):
+    assert choose_every(row, 1.0, budget) == by_hand(row, 1.0, budget)
+
+
+class Clock:
+    """One second per step, `extra` more for a step that records a row (as `is_recorded` says)."""
+
+    def __init__(self, extra: float, is_recorded) -> None:
+        self.t, self.extra, self.is_recorded = 0.0, extra, is_recorded
+
+    def __call__(self) -> float:
+        self.t += 1.0 + (self.extra if self.is_recorded() else 0.0)
+        return self.t
+
+
+def test_the_chooser_times_the_window_and_decides_once():
+    recorded = {"now": False}
+    chooser = IntervalChooser(budget=0.02, clock=Clock(0.5, lambda: recorded["now"]))
+    chosen = []
+    for step in range(100):
+        recorded["now"] = step % AUTO_START == 0
+        chosen.append(chooser.step_ended(step, recorded["now"]))
+    # row cost 0.5 s on 1 s steps: 0.5 / (every * 1) <= 0.02 needs every >= 25
+    assert [c for c in chosen if c is not None] == [32]
+    assert chosen.index(32) == DECIDE_AT - 1
+    assert chooser.measured == {"row_ms": 500.0, "step_ms": 1000.0, "budget": 0.02, "every": 32}
+
+
+def test_a_resume_past_the_window_keeps_its_interval():
+    chooser = IntervalChooser(clock=Clock(10.0, lambda: True))
+    assert [chooser.step_ended(step, step % 4 == 0) for step in range(DECIDE_AT + 5, DECIDE_AT + 60)] == [None] * 55
+
+
+def test_a_run_shorter_than_the_window_keeps_the_starting_interval(mnist_tensors):
+    x, y, _, _ = mnist_tensors
+    model = simple_cnn()
+    with watch(model) as w:
+        w.collector.chooser.clock = Clock(100.0, lambda: w.collector.slot >= 0)  # rows look very expensive
+        train(model, w, x, y, DECIDE_AT - 1)
+    assert w.data.every == AUTO_START
+    np.testing.assert_array_equal(w.data.steps, np.arange(0, DECIDE_AT - 1, AUTO_START))
+
+
+def train(model, w, x, y, steps: int, first: int = 0) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(first, first + steps):
+        xb, yb = x[step * BS:(step + 1) * BS], y[step * BS:(step + 1) * BS]
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        w.step(loss)
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("extra, every", [(0.05, 4), (0.1, 8), (0.5, 32), (50.0, AUTO_MAX)])
+def test_watch_keeps_the_rows_of_the_chosen_interval_exactly(mnist_tensors, tmp_path, extra, every):
+    x, y, _, _ = mnist_tensors
+    steps = 3 * AUTO_MAX + 8
+    torch.manual_seed(0)
+    model = simple_cnn()
+    exact_model = simple_cnn()
+    exact_model.load_state_dict(model.state_dict())
+    with watch(model, run_dir=tmp_path / "run") as w:
+        w.collector.chooser.clock = Clock(extra, lambda: w.collector.slot >= 0)
+        train(model, w, x, y, steps)
+    with watch(exact_model, every=1) as exact:
+        train(exact_model, exact, x, y, steps)
+    auto, ref = w.data, exact.data
+    assert auto.every == every == by_hand(extra, 1.0, 0.02)
+    np.testing.assert_array_equal(auto.steps, np.arange(0, steps, every))
+    rows = np.searchsorted(ref.steps, auto.steps)
+    for name in ("mean", "std", "near_zero", "dead", "hist", "grad_norm", "update_ratio"):
+        np.testing.assert_array_equal(getattr(auto, name), getattr(ref, name)[rows], err_msg=name)
+    saved = load_run(tmp_path / "run").activation_stats  # what a later process and the report see
+    assert saved.every == every and saved.interval == {"row_ms": extra * 1e3, "step_ms": 1e3, "budget": 0.02,
+                                                        "every": every}
+    assert ref.interval == {}  # a fixed interval was not chosen
+    assert _interval_note(saved).endswith(f"cost {extra * 1e3:.1f} ms on 1000.0 ms steps")
+
+
+class SlowClock(Callback):
+    """Put the test clock on ActivationStats' chooser once its collector exists (after its before_fit)."""
+
+    order = -10
+
+    def __init__(self, extra: float) -> None:
+        self.extra = extra
+
+    def before_fit(self) -> None:
+        collector = self.learn.activation_stats.collector
+        collector.chooser.clock = Clock(self.extra, lambda: collector.slot >= 0)
+
+
+def test_the_learner_chooses_the_same_way(mnist_tensors):
+    x, y, _, _ = mnist_tensors
+    batches = [(x[i * BS:(i + 1) * BS], y[i * BS:(i + 1) * BS]) for i in range(100)]
+    torch.manual_seed(0)
+    learn = Learner(simple_cnn(), batches, cbs=[ActivationStats(), SlowClock(0.5)], opt_func="sgd", lr=0.05)
+    learn.fit(1)
+    data = learn.activation_stats.data
+    assert data.every == 32
+    np.testing.assert_array_equal(data.steps, [0, 32, 64, 96])
+    assert learn.activation_stats.collector.chooser.measured["row_ms"] == 500.0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"every": "often"}, "every must be a whole number >= 1 (or 'auto'), got 'often'"),
+    ({"budget": 0}, "budget must be a share of training time between 0 and 1, got 0"),
+    ({"budget": 1.5}, "budget must be a share of training time between 0 and 1, got 1.5"),
+])
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        ActivationStats(**settings)
+
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", '{"every": "many"}', "not json"])
+def test_a_damaged_interval_record_is_named(tmp_path, value):
+    data = ActivationStatsData(layers=["a"], steps=np.zeros(0, dtype=np.int64), mean=np.zeros((0, 1)),
+                               std=np.zeros((0, 1)), near_zero=np.zeros((0, 1)), dead=np.zeros((0, 1)),
+                               hist=np.zeros((0, 1, 2)), hist_range=np.zeros((1, 2)), grad_norm=np.zeros((0, 1)),
+                               update_ratio=np.zeros((0, 1)))
+    data.save(tmp_path / "stats.npz")
+    arrays = dict(np.load(tmp_path / "stats.npz"))
+    arrays["interval"] = np.asarray(value)
+    np.savez(tmp_path / "stats.npz", **arrays)
+    with pytest.raises(RunError, match="stats.npz: interval is not a JSON object of numbers; the file is damaged"):
+        ActivationStatsData.load(tmp_path / "stats.npz")
