@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from convscope import load_run
 from convscope.errors import ConfigError, RunError
+from convscope.models.cnn import simple_cnn
 from convscope.report.html import _interval_note
 from convscope.runs.stats_data import ActivationStatsData
-from convscope.models.cnn import simple_cnn
 from convscope.stats import ActivationStats, watch
 from convscope.stats.interval import AUTO_MAX, AUTO_START, DECIDE_AT, IntervalChooser, choose_every
 from convscope.train.callback import Callback

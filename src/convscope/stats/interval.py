@@ -9,10 +9,11 @@ element work is small and its op count fixed), so a fixed interval that costs 2%
     every      = the smallest AUTO_START * 2**k (<= AUTO_MAX) with  row cost / (every * step time) <= budget
 
 A step's time is the wall time from its start (the Learner's before_batch) to its end; where the start is
-not seen (watch()), from the previous step's end, data loading and anything else between steps included. The window skips the first WARMUP steps (allocation, compilation of a compiled model's
-two graphs, a cold cache) and holds WINDOW steps: 8 recorded and 24 others at the starting interval. The
-choice is made once, when DECIDE_AT steps have ended, and never revisited, so the rows of a run lie on one grid
-of multiples of `every` (the rows of the window that are off the new grid are dropped, as when max_rows
+not seen (watch()), from the previous step's end, data loading and anything else between steps included.
+The window skips the first WARMUP steps (allocation, compilation of a compiled model's two graphs, a cold
+cache) and holds WINDOW steps: 8 recorded and 24 others at the starting interval. The choice is made once,
+when DECIDE_AT steps have ended, and never revisited, so the rows of a run lie on one grid of multiples of
+`every` (the rows of the window that are off the new grid are dropped, as when max_rows
 thins them). A run shorter than DECIDE_AT steps keeps the starting interval.
 
 What is not reproducible: the interval depends on measured time, so two runs of the same seed may keep rows
