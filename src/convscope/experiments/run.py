@@ -22,7 +22,7 @@ from convscope.experiments.setup import build_batches, build_model, default_run_
 from convscope.report.html import write_report
 from convscope.runs import load_run
 from convscope.runs.checkpoint import load_checkpoint, resume_learner
-from convscope.runs.store import create_run_dir, read_json
+from convscope.runs.store import create_run_dir, read_json, remove_stale_temporaries
 from convscope.stats.activations import ActivationStats
 from convscope.train.callback import Callback
 from convscope.train.ddp import DistributedTrainer
@@ -140,6 +140,8 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
                     cbs=callbacks, device=device, precision=cfg.precision)
     if resume is not None:  # the fit below then continues where the checkpoint stands
         resume_learner(learn, run_dir, n_iter=len(train_dl), total_steps=max(1, round(cfg.epochs * len(train_dl))))
+        if dist_info.is_main:
+            remove_stale_temporaries(run_dir)  # a killed run's half-written files: every check has passed
     if cfg.compile:
         learn.train_model = _compiled(model, device)
     result = TrainResult(learn, run_dir, cfg)

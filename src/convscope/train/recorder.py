@@ -58,6 +58,12 @@ class Recorder(Callback):
     def after_train(self) -> None:
         self._flush_losses()
 
+    def flush_pending(self) -> None:
+        """Bring the step losses still on the device to the host (one sync), so that a mid-epoch save
+        (checkpoint_every) writes every step it checkpoints: else a run killed after it would resume
+        without those steps' losses."""
+        self._flush_losses()
+
     def _flush_losses(self, combine: bool = True) -> None:
         if self._pending_losses:
             losses = torch.stack(self._pending_losses).float()
