@@ -576,6 +576,12 @@ def newest_state_not_object(case: Case) -> None:
     _resumed_from_older(case)
 
 
+@setup("resume-with-a-newest-checkpoint-that-loads-but-cannot-be-restored")
+def newest_not_restorable(case: Case) -> None:
+    _edit_json(case.copy_run2() / "checkpoint" / "state.json", optimizer={"param_groups": [], "other_state": {}})
+    _resumed_from_older(case)
+
+
 @setup("resume-with-both-checkpoints-truncated")
 def both_truncated(case: Case) -> None:
     run = case.copy_run2()

@@ -61,8 +61,10 @@ def catch_signals(stopper: GracefulStop) -> Iterator[GracefulStop]:
             signal.signal(s, handler)
 
 
-class SignalStop(Exception):
-    """Raised by `stop_on_signals` when SIGINT/SIGTERM arrives: what was being written is abandoned."""
+class SignalStop(BaseException):
+    """Raised by `stop_on_signals` when SIGINT/SIGTERM arrives: what was being written is abandoned. A
+    BaseException, as KeyboardInterrupt is: the `except Exception` of a file reader must not take it for a
+    damaged file."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by signal {signum}")
