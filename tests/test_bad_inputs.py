@@ -94,6 +94,7 @@ class Case:
     tmp: Path
     monkeypatch: pytest.MonkeyPatch
     tiny_run: Path
+    tiny_run2: Path
     namespace: dict[str, Any] = field(default_factory=dict)  # names a Python row's call may use
     real_process: bool = False  # run the command in a fresh `python -m convscope` process
     check: Callable[[dict[str, str], dict[str, str]], None] | None = None  # replaces "nothing changed"
@@ -110,12 +111,21 @@ class Case:
     def run(self) -> Path:
         return self.tmp / "runs" / "r"
 
+    @property
+    def run2(self) -> Path:
+        return self.tmp / "runs" / "r2"
+
     def copy_run(self) -> Path:
         shutil.copytree(self.tiny_run, self.run)
         return self.run
 
+    def copy_run2(self) -> Path:
+        shutil.copytree(self.tiny_run2, self.run2)
+        return self.run2
+
     def fill(self, text: str) -> str:
-        return text.replace("<run>", str(self.run)).replace("<data>", str(self.data)).replace("<tmp>", str(self.tmp))
+        return (text.replace("<run>", str(self.run)).replace("<run2>", str(self.run2)).replace("<data>", str(self.data))
+                .replace("<tmp>", str(self.tmp)))
 
     def unreadable(self, path: Path, opener: tuple[Any, str]) -> None:
         """chmod 000 `path`; as root (whom chmod does not stop) also make `opener` refuse it with EACCES."""
@@ -466,6 +476,196 @@ def damaged_ran_mask(case: Case) -> None:
         np.savez(f, **arrays)
 
 
+def _edit_json(path: Path, **changes: Any) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _rewrite_npz(path: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    edit(arrays)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@setup("resume-of-a-state-json-whose-position-does-not-fit-the-run")
+def position_off_schedule(case: Case) -> None:
+    _edit_json(case.copy_run() / "checkpoint" / "state.json", iter=1000000, train_iter=1000000)
+
+
+@setup("resume-of-a-state-json-whose-step-count-does-not-fit-its-position")
+def step_count_off(case: Case) -> None:
+    _edit_json(case.copy_run() / "checkpoint" / "state.json", train_iter=3)
+
+
+def _with_good_report(case: Case) -> Path:
+    """<run> with a report.html standing for the last good one, which a damaged input must not replace."""
+    run = case.copy_run()
+    (run / "report.html").write_text("<!DOCTYPE html><p>the last good report</p>")
+
+    def only_partial_added(before: dict[str, str], after: dict[str, str]) -> None:
+        partial = "runs/r/report.partial.html"
+        assert {k: v for k, v in after.items() if k != partial} == before
+        assert partial in after and "<!DOCTYPE html>" in (case.tmp / partial).read_text()
+
+    case.check = only_partial_added
+    return run
+
+
+@setup("report-of-a-run-with-a-truncated-stats-npz")
+def report_truncated_stats(case: Case) -> None:
+    _truncate(_with_good_report(case) / "stats.npz")
+
+
+@setup("report-of-a-run-whose-stats-npz-has-an-array-of-the-wrong-shape")
+def report_stats_wrong_shape(case: Case) -> None:
+    _rewrite_npz(_with_good_report(case) / "stats.npz",
+                 lambda a: a.update(mean=np.zeros((1, 1), dtype=np.float32)))
+
+
+@setup("report-of-a-run-whose-findings-json-is-not-a-list")
+def report_findings_not_list(case: Case) -> None:
+    (_with_good_report(case) / "findings.json").write_text('{"a": 1}')
+
+
+@setup("report-of-a-run-whose-lr-find-json-is-not-valid-json")
+def report_lr_find_not_json(case: Case) -> None:
+    (_with_good_report(case) / "lr_find.json").write_text("{")
+
+
+@setup("report-of-a-run-whose-lr-find-json-is-not-an-lr-finder-result")
+def report_lr_find_not_result(case: Case) -> None:
+    (_with_good_report(case) / "lr_find.json").write_text("[1, 2]")
+
+
+@setup("report-of-a-run-with-a-damaged-steps-npz")
+def report_damaged_steps(case: Case) -> None:
+    run = case.copy_run()
+    (run / "report.html").write_text("<!DOCTYPE html><p>the last good report</p>")
+    (run / "steps.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+
+
+def _resumed_from_older(case: Case) -> None:
+    """A warning row's run: resumed from checkpoint.1, it finishes with a whole newest checkpoint."""
+
+    def finished(before: dict[str, str], after: dict[str, str]) -> None:
+        from convscope import load_run
+        from convscope.runs.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(case.run2)
+        assert (ckpt.path.name, ckpt.train_iter, ckpt.epoch, ckpt.iter) == ("checkpoint", 4, 2, 0)
+        assert load_run(case.run2).steps["step"].tolist() == [0, 1, 2, 3]
+        assert "runs/r2/report.html" in after
+
+    case.check = finished
+
+
+@setup("resume-with-a-truncated-model-safetensors-in-the-newest-checkpoint")
+def newest_weights_truncated(case: Case) -> None:
+    _truncate(case.copy_run2() / "checkpoint" / "model.safetensors")
+    _resumed_from_older(case)
+
+
+@setup("resume-with-a-state-json-that-is-not-an-object-in-the-newest-checkpoint")
+def newest_state_not_object(case: Case) -> None:
+    (case.copy_run2() / "checkpoint" / "state.json").write_text("[]")
+    _resumed_from_older(case)
+
+
+@setup("resume-with-a-newest-checkpoint-that-loads-but-cannot-be-restored")
+def newest_not_restorable(case: Case) -> None:
+    _edit_json(case.copy_run2() / "checkpoint" / "state.json", optimizer={"param_groups": [], "other_state": {}})
+    _resumed_from_older(case)
+
+
+@setup("resume-with-both-checkpoints-truncated")
+def both_truncated(case: Case) -> None:
+    run = case.copy_run2()
+    for folder in ("checkpoint", "checkpoint.1"):
+        _truncate(run / folder / "model.safetensors")
+
+
+@setup("resume-of-a-run-whose-config-json-holds-an-impossible-lr")
+def config_lr_null(case: Case) -> None:
+    _edit_json(case.copy_run() / "config.json", lr=None)
+
+
+@setup("resume-of-a-run-whose-config-json-holds-checkpoint-every-0")
+def config_checkpoint_every_0(case: Case) -> None:
+    _edit_json(case.copy_run() / "config.json", checkpoint_every=0)
+
+
+@setup("resume-of-a-run-whose-config-json-has-no-usable-global-batch-size")
+def config_global_bs(case: Case) -> None:
+    _edit_json(case.copy_run() / "config.json", data={"global_bs": "x"})
+
+
+@setup("sigterm-while-the-report-is-written-after-the-last-step")
+def sigterm_in_report(case: Case) -> None:
+    import signal
+
+    import convscope.report.html as html
+
+    real_render = html.render_report
+
+    def render_then_signal(*args: Any, **kwargs: Any) -> str:
+        page = real_render(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the page is written: the write must not happen
+        return page
+
+    case.monkeypatch.setattr(html, "render_report", render_then_signal)
+
+    def saved_without_report(before: dict[str, str], after: dict[str, str]) -> None:
+        from convscope import load_run
+        from convscope.runs.checkpoint import load_checkpoint
+
+        assert "runs/r/report.html" not in after
+        assert not [name for name in after if Path(name).name.startswith(".")], "a temporary file was left"
+        assert load_checkpoint(case.run).train_iter == 2
+        assert len(load_run(case.run).steps["loss"]) == 2
+
+    case.check = saved_without_report
+
+
+@setup("resume-of-a-run-with-a-damaged-steps-npz")
+def resume_damaged_steps(case: Case) -> None:
+    (case.copy_run() / "steps.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+
+
+@setup("resume-of-a-run-whose-steps-npz-has-no-step-numbers")
+def resume_steps_without_step(case: Case) -> None:
+    _rewrite_npz(case.copy_run() / "steps.npz", lambda a: a.pop("step"))
+
+
+@setup("resume-of-a-run-whose-metrics-jsonl-has-a-row-without-an-epoch")
+def resume_metrics_without_epoch(case: Case) -> None:
+    (case.copy_run() / "metrics.jsonl").write_text('{"train_loss": 1.0}\n')
+
+
+@setup("resume-of-a-run-with-a-damaged-stats-npz")
+def resume_damaged_stats(case: Case) -> None:
+    (case.copy_run() / "stats.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+
+
+@setup("resume-of-a-checkpoint-with-nan-weights")
+def nan_weights(case: Case) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = case.copy_run() / "checkpoint" / "model.safetensors"
+    weights = load_file(str(path))
+    weights["conv1.conv.weight"] = torch.full_like(weights["conv1.conv.weight"], float("nan"))
+    save_file(weights, str(path))
+
+
+@setup("diagnose-of-a-run-whose-steps-npz-arrays-differ-in-length")
+def steps_lengths_differ(case: Case) -> None:
+    _rewrite_npz(case.copy_run() / "steps.npz", lambda a: a.update(loss=a["loss"][:1]))
+
+
 def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:
     return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
 
@@ -501,6 +701,20 @@ def tiny_run(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     # stats=False + an ActivationStats callback: stats.npz is written, the slow HTML report is not.
     result = run_training(cfg, stats=False, cbs=[ActivationStats()])
     save_findings(result.run_dir, diagnose(load_run(result.run_dir)))
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run2(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real finished run of two epochs of 2 steps (limit_train=512, bs=256), with its two checkpoints."""
+    from convscope import TrainConfig
+    from convscope.experiments import run_training
+    from convscope.stats import ActivationStats
+
+    cfg = TrainConfig(data_root=str(tiny_mnist), limit_train=512, bs=256, epochs=2, device="cpu",
+                      out=str(tmp_path_factory.mktemp("tiny-run2")), name="r2")
+    result = run_training(cfg, stats=False, cbs=[ActivationStats()])
+    assert sorted(p.name for p in result.run_dir.glob("checkpoint*")) == ["checkpoint", "checkpoint.1"]
     return result.run_dir
 
 
@@ -547,8 +761,8 @@ def run_row(row: Row, case: Case) -> tuple[str, str, int | None]:
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
 def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mnist: Path,
-                   tiny_run: Path) -> None:
-    case = Case(tmp_path, monkeypatch, tiny_run)
+                   tiny_run: Path, tiny_run2: Path) -> None:
+    case = Case(tmp_path, monkeypatch, tiny_run, tiny_run2)
     shutil.copytree(tiny_mnist, case.data)
     monkeypatch.setenv("CONVSCOPE_DATA", str(case.data))
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))  # a download would show up as new files

@@ -25,3 +25,7 @@ class ConfigError(ConvscopeError, ValueError):
 
 class RunError(ConvscopeError):
     """A run directory cannot be written, read or resumed."""
+
+
+class ConvscopeWarning(UserWarning):
+    """Something was wrong with the input, and convscope carried on without it (the CLI prints one line)."""

@@ -92,11 +92,18 @@ def test_findings_table_on_top_and_beside_their_layer(run_copy):
     assert "<details><summary>conv1.conv" in html  # layers without findings stay closed
 
 
-def test_unreadable_findings_are_a_note_not_a_failure(run_copy):
+def test_unreadable_findings_keep_the_old_report_and_go_into_a_partial_one(run_copy):
     run = run_copy(LAYERS)
+    (run / "report.html").write_text("old")
     (run / "findings.json").write_text('{"not": "a list"}')
-    html = page(write_report(run))
+    with pytest.raises(RunError, match=r"findings.json is not a list of objects; .*report.html is left as it was"):
+        write_report(run)
+    assert (run / "report.html").read_text() == "old"  # a good report is replaced only by a good one
+    html = page(run / "report.partial.html")
     assert "not a list of objects" in html and "<h2>Findings" not in html
+    (run / "findings.json").unlink()
+    write_report(run)  # the damage mended: the whole report replaces the old one and the partial one goes
+    assert page(run / "report.html").startswith("<!DOCTYPE html>") and not (run / "report.partial.html").exists()
 
 
 def test_run_without_stats_gets_the_sections_it_has(run_copy):

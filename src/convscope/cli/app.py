@@ -7,6 +7,7 @@ traceback; anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import errno
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from convscope.errors import ConvscopeError
+from convscope.errors import ConvscopeError, ConvscopeWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train convolutional networks and see inside them while they train.")
@@ -43,7 +44,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(warnings.showwarning)
+                return fn(*args, **kwargs)
         except ConvscopeError as exc:
             err.print(f"{_rank_prefix()}[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
@@ -60,3 +63,17 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A warnings.showwarning that prints convscope's own warnings (input it carried on without) as one
+    line, `warning: ...`, and leaves every other warning to `show`."""
+    from rich.markup import escape
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ConvscopeWarning):
+            err.print(f"{_rank_prefix()}[bold yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning

@@ -139,6 +139,11 @@ def train_command(
         from convscope.cli.diagnose import findings_table
 
         console.print(findings_table(result.findings))
+    if result.report_stopped:
+        err.print(f"stopped by signal {result.interrupted} while writing the diagnosis and report, after the last "
+                  f"step ({result.learn.train_iter}); the training is finished and saved, report.html is left as it "
+                  f"was. Write the report with: convscope report {result.run_dir}", soft_wrap=True)
+        raise typer.Exit(128 + result.interrupted)
     if result.interrupted is not None:
         learn = result.learn
         report = f"; write its report with: convscope report {result.run_dir}" if rank.distributed else ""

@@ -21,16 +21,17 @@ from convscope.errors import ConfigError, RunError
 from convscope.experiments.setup import build_batches, build_model, default_run_name, versions
 from convscope.report.html import write_report
 from convscope.runs import load_run
-from convscope.runs.checkpoint import load_checkpoint, restore
-from convscope.runs.store import create_run_dir, read_json
+from convscope.runs.checkpoint import load_checkpoint, resume_learner
+from convscope.runs.store import create_run_dir, read_json, remove_stale_temporaries
 from convscope.stats.activations import ActivationStats
 from convscope.train.callback import Callback
 from convscope.train.ddp import DistributedTrainer
 from convscope.train.freeze import FreezeLayers, check_freeze
 from convscope.train.guard import NonFiniteError, NonFiniteGuard
-from convscope.train.interrupts import GracefulStop, catch_signals
+from convscope.train.interrupts import GracefulStop, SignalStop, catch_signals, stop_on_signals
 from convscope.train.learner import Learner
 from convscope.train.progress import ProgressBar
+from convscope.train.recorder import check_resumable_rows
 from convscope.train.run_saver import RunSaver
 
 
@@ -41,6 +42,7 @@ class TrainResult:
     config: TrainConfig
     findings: list = field(default_factory=list)
     interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped the run
+    report_stopped: bool = False  # the signal came after training, while the diagnosis and report were written
 
     @property
     def metrics(self) -> list[dict]:
@@ -58,6 +60,27 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
         return TrainConfig(**{k: v for k, v in saved.items() if k in names})
     except TypeError as exc:
         raise RunError(f"{run_dir}/config.json does not describe a convscope train run ({exc})") from None
+    except ConfigError as exc:  # the value came from the file, not from the command line: say so
+        raise RunError(f"{run_dir}/config.json: {exc}; the run folder is damaged") from None
+
+
+def saved_checkpoint_every(run_dir: str | Path) -> int | None:
+    """The --checkpoint-every a run was started with (config.json), so that a resume keeps checkpointing."""
+    saved = read_json(Path(run_dir) / "config.json")
+    every = saved.get("checkpoint_every") if isinstance(saved, dict) else None
+    if every is not None and not (is_whole_number(every) and every >= 1):
+        raise RunError(f"{run_dir}/config.json: checkpoint_every must be a whole number >= 1, got {every!r}; "
+                       "the run folder is damaged")
+    return every
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Read back every file a resume continues (steps, metrics, statistics) before anything is written:
+    a damaged one must stop the resume with its name, not be overwritten by the resumed run's shorter copy."""
+    run = load_run(run_dir)
+    check_resumable_rows(run_dir, run.steps, run.metrics)
+    if run.has_stats:
+        _ = run.activation_stats  # loading checks every array's kind and shape
 
 
 def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = (), stats: bool = True,
@@ -91,9 +114,14 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         run_dir = Path(on_main(lambda: create_run_dir(cfg.out, cfg.name or default_run_name(cfg))))
     else:
         run_dir = Path(resume)
-        checkpoint = load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
+        load_checkpoint(run_dir)  # fail now, with a clear message, if there is nothing to resume
+        check_run_files(run_dir)
+        if checkpoint_every is None:
+            checkpoint_every = saved_checkpoint_every(run_dir)
     info["world_size"], info["global_bs"] = dist_info.world_size, cfg.bs * dist_info.world_size
     config = {**cfg.to_dict(), "data": info, "versions": versions(device)}
+    if checkpoint_every is not None:
+        config["checkpoint_every"] = checkpoint_every
     stopper = GracefulStop()
     callbacks: list[Callback] = [RunSaver(run_dir, config, checkpoint_every=checkpoint_every), NonFiniteGuard(),
                                  stopper, *cbs]
@@ -110,8 +138,10 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
     learn = Learner(model, train_dl, valid_dl, loss_func=loss_func, opt_func=cfg.opt, lr=cfg.lr, wd=cfg.wd,
                     cbs=callbacks, device=device, precision=cfg.precision)
-    if resume is not None:
-        restore(learn, checkpoint)  # the fit below then continues where the checkpoint stands
+    if resume is not None:  # the fit below then continues where the checkpoint stands
+        resume_learner(learn, run_dir, n_iter=len(train_dl), total_steps=max(1, round(cfg.epochs * len(train_dl))))
+        if dist_info.is_main:
+            remove_stale_temporaries(run_dir)  # a killed run's half-written files: every check has passed
     if cfg.compile:
         learn.train_model = _compiled(model, device)
     result = TrainResult(learn, run_dir, cfg)
@@ -134,7 +164,12 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         late = dist_info.distributed and stopper.signum is not None
         if stats and learn.recorder.steps["loss"] and not isinstance(learn.exception, OSError) and dist_info.is_main \
                 and not late:
-            result.findings = _finish_run(run_dir, learn.exception)
+            try:
+                with stop_on_signals():  # a signal now stops the report at once: the old one stays whole
+                    result.findings = _finish_run(run_dir, learn.exception)
+            except SignalStop as stop:
+                result.report_stopped = stopper.signum is None  # else the stop in training is the news
+                result.interrupted = stopper.signum or stop.signum
     return result
 
 
@@ -148,7 +183,8 @@ def per_rank_batch(cfg: TrainConfig, run_dir: str | Path, world_size: int) -> Tr
     data = saved.get("data") if isinstance(saved, dict) else None
     global_bs = data.get("global_bs", cfg.bs) if isinstance(data, dict) else cfg.bs
     if not is_whole_number(global_bs):
-        raise RunError(f"{run_dir}/config.json has no usable global batch size ({global_bs!r})")
+        raise RunError(f"{run_dir}/config.json has no usable global batch size ({global_bs!r}); "
+                       "the run folder is damaged")
     if global_bs % world_size:
         raise ConfigError(f"the run was trained with a global batch of {global_bs}, which {world_size} processes "
                           f"cannot split evenly; resume with a process count that divides {global_bs}")

@@ -37,6 +37,7 @@ from convscope.runs.store import atomic_write_bytes, read_json
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
 
 REPORT_FILE = "report.html"
+PARTIAL_REPORT_FILE = "report.partial.html"  # a report missing a damaged file's part: never replaces report.html
 _DPI = 80  # ~45 figures per run: 80 dpi keeps them legible and the page at a few MB
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A finding row's background, one per runs.findings.SEVERITIES (the CSS rules below are made from it).
@@ -134,7 +135,7 @@ def _read_findings(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     except RunError as exc:
         return [], str(exc)
     if not isinstance(data, list) or not all(isinstance(f, dict) for f in data):
-        return [], f"{path} is not a list of objects; findings not shown"
+        return [], f"{path} is not a list of objects; the file is damaged"
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(data, key=lambda f: rank.get(str(f.get("severity", "")).lower(), len(rank))), None
 
@@ -199,7 +200,7 @@ def _training_section(run: Run) -> list[str]:
     return out
 
 
-def _tools_section(path: Path) -> list[str]:
+def _tools_section(path: Path, problems: list[str]) -> list[str]:
     """lr-find / bs-sweep results written into the run folder by those commands."""
     out = []
     png, js = path / "lr_find.png", path / "lr_find.json"
@@ -210,7 +211,12 @@ def _tools_section(path: Path) -> list[str]:
             try:
                 data = read_json(js)
             except RunError as exc:
+                problems.append(str(exc))
                 out.append(_note(str(exc)))
+            if data is not None and not (isinstance(data, dict) and isinstance(data.get("sweeps"), list)):
+                problems.append(f"{js} is not an LR-finder result (a JSON object with its sweeps); the file is damaged")
+                out.append(_note(problems[-1]))
+                data = None
         if png.exists():
             out.append(_embedded_png(png, "learning-rate finder"))
         elif isinstance(data, dict):
@@ -290,10 +296,17 @@ def _stats_section(stats: ActivationStatsData, findings: list[dict[str, Any]]) -
     return out
 
 
-def render_report(run: Run) -> str:
-    """The whole report page of a loaded run, as an HTML string."""
+def render_report(run: Run, problems: list[str] | None = None) -> str:
+    """The whole report page of a loaded run, as an HTML string.
+
+    What a damaged file of the run leaves out is said on the page, and appended to `problems` (a list) so
+    that `write_report` never lets such a page replace a good one.
+    """
+    problems = [] if problems is None else problems
     title = str(run.config.get("name") or run.path.name)
     findings, findings_warning = _read_findings(run.path / "findings.json")
+    if findings_warning:
+        problems.append(findings_warning)
     config = {k: v for k, v in run.config.items() if k != "versions"}
     parts = [f"<h1>convscope run: {_e(title)}</h1>", f'<p class="muted">folder: <code>{_e(run.path)}</code></p>']
     if findings_warning:
@@ -303,12 +316,15 @@ def render_report(run: Run) -> str:
     parts += ["<h2>Configuration</h2>", _kv_table(_flatten(config)),
               "<h3>Versions</h3>", _kv_table(_flatten(run.config.get("versions") or {}))]
     parts += _training_section(run)
-    parts += _tools_section(run.path)
+    parts += _tools_section(run.path, problems)
     if run.has_stats:
         try:
-            parts += _stats_section(run.activation_stats, findings)
+            stats = run.activation_stats
         except RunError as exc:
+            problems.append(str(exc))
             parts += ["<h2>Activation statistics</h2>", _note(str(exc))]
+        else:
+            parts += _stats_section(stats, findings)
     else:
         parts.append(_note("no activation statistics in this run (stats.npz missing): "
                            "train with ActivationStats to record them"))
@@ -323,11 +339,21 @@ def render_report(run: Run) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write report.html into a run folder (atomically) and return its path.
 
-    Raises RunError when `run_dir` is not a run folder (missing, or without config.json).
+    Raises RunError when `run_dir` is not a run folder (missing, or without config.json), and when a file
+    of the run is damaged: then report.html is left as it was (a good report is replaced only by a good
+    one) and the page without the damaged part is written beside it, as report.partial.html.
     """
     if Path(run_dir).is_file():
         raise RunError(f"{run_dir} is a file, not a run folder; pass the folder that `convscope train` printed")
     run = load_run(run_dir)
     path = run.path / REPORT_FILE
-    atomic_write_bytes(path, render_report(run).encode("utf-8"))
+    problems: list[str] = []
+    page = render_report(run, problems).encode("utf-8")
+    if problems:
+        partial = run.path / PARTIAL_REPORT_FILE
+        atomic_write_bytes(partial, page)
+        kept = f"{REPORT_FILE} is left as it was" if path.exists() else f"no {REPORT_FILE} written"
+        raise RunError(f"{problems[0]}; {kept}, the report without it is in {partial}")
+    atomic_write_bytes(path, page)
+    (run.path / PARTIAL_REPORT_FILE).unlink(missing_ok=True)  # a good report supersedes an earlier partial one
     return path

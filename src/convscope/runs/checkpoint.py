@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from convscope.errors import ConvscopeError, RunError
-from convscope.runs.store import atomic_write_json, read_json
+from convscope.errors import ConvscopeError, ConvscopeWarning, RunError
+from convscope.runs.store import atomic_write_json, read_json, read_npz
 
 CHECKPOINT = "checkpoint"
 
@@ -167,15 +168,19 @@ def _read(path: Path) -> Checkpoint:
     state = read_json(path / "state.json")
     problem = _state_problem(state)
     if problem:
-        raise RunError(f"checkpoint {path}/state.json {problem}; an older one may remain in {path.name}.1")
+        raise RunError(f"checkpoint {path}/state.json {problem}")
     try:
-        return Checkpoint(path, state, load_file(str(path / "model.safetensors")),
+        ckpt = Checkpoint(path, state, load_file(str(path / "model.safetensors")),
                           load_file(str(path / "optimizer.safetensors")), load_file(str(path / "rng.safetensors")))
     except Exception as exc:
         # SafetensorError mostly, but a damaged header can also surface as OSError, ValueError, TypeError,
         # OverflowError or MemoryError from the bindings: each means the same damaged file (no pickles run).
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise RunError(f"checkpoint {path} is damaged ({detail}); an older one may remain in {path.name}.1") from None
+        raise RunError(f"checkpoint {path} is damaged ({detail})") from None
+    bad = next((name for name, t in ckpt.model.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # a diverged run's weights: the NaN guard never checkpoints them, so this is damage
+        raise RunError(f"checkpoint {path}/model.safetensors holds NaN or Inf values in {bad}")
+    return ckpt
 
 
 def _state_problem(state: Any) -> str | None:
@@ -199,24 +204,85 @@ def _state_problem(state: Any) -> str | None:
     return None
 
 
-def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """The newest whole checkpoint of a run (falling back to older ones if the newest is damaged)."""
+def checkpoint_folders(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoint folders that hold a state.json, newest first (checkpoint, checkpoint.1, ...)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist; pass the folder of the run to resume")
-    candidates = sorted(run_dir.glob(f"{CHECKPOINT}*"), key=lambda p: (len(p.name), p.name))
-    candidates = [p for p in candidates
-                  if p.is_dir() and (p.name == CHECKPOINT or p.name[len(CHECKPOINT) + 1:].isdigit())]
+    found = sorted(run_dir.glob(f"{CHECKPOINT}*"), key=lambda p: (len(p.name), p.name))
+    return [p for p in found if p.is_dir() and (p.name == CHECKPOINT or p.name[len(CHECKPOINT) + 1:].isdigit())
+            and (p / "state.json").exists()]
+
+
+def no_usable_checkpoint(run_dir: str | Path, errors: list[str]) -> RunError:
+    detail = f" ({'; '.join(errors)})" if errors else ""
+    return RunError(f"{run_dir} has no usable checkpoint{detail}; it cannot be resumed")
+
+
+def load_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """The newest whole checkpoint of a run (falling back to older ones if the newest is damaged)."""
     errors = []
-    for path in candidates:
-        if not (path / "state.json").exists():
-            continue
+    for path in checkpoint_folders(run_dir):
         try:
             return _read(path)
         except RunError as exc:
             errors.append(str(exc))
-    detail = f" ({'; '.join(errors)})" if errors else ""
-    raise RunError(f"{run_dir} has no usable checkpoint{detail}; it cannot be resumed")
+    raise no_usable_checkpoint(run_dir, errors)
+
+
+def check_position(ckpt: Checkpoint, n_iter: int, total_steps: int) -> None:
+    """Refuse a checkpoint whose position cannot be a moment of a fit of `total_steps` steps over `n_iter`
+    batches per epoch: a hand-edited or damaged state.json would else resume at a wrong place in the
+    schedule and the data order, and "finish" a different run without a word."""
+    epoch, batch, steps = ckpt.epoch, ckpt.iter, ckpt.train_iter
+    n_epochs = -(-total_steps // n_iter)
+    done = min(epoch * n_iter + batch, total_steps)  # a fractional last epoch ends before its n_iter batches
+    if batch > n_iter or epoch > n_epochs or (epoch == n_epochs and batch) or steps != done:
+        raise RunError(f"checkpoint {ckpt.path}/state.json is at epoch {epoch + 1}, batch {batch}, step {steps}, "
+                       f"which does not fit this run ({n_iter} batches per epoch, {total_steps} steps in all): "
+                       "the file is damaged or from another run")
+
+
+def resume_learner(learn: Any, run_dir: str | Path, n_iter: int, total_steps: int) -> Checkpoint:
+    """Restore the newest checkpoint that loads, fits the run's schedule and restores into `learn`.
+
+    A newer one that does not (damaged, or hand-edited) is skipped with a warning that says which steps
+    are trained again. A model of other settings is refused at once: an older checkpoint would not fit it
+    either, and the fix is the user's.
+    """
+    errors: list[str] = []
+    for path in checkpoint_folders(run_dir):
+        try:
+            ckpt = _read(path)
+        except RunError as exc:
+            errors.append(str(exc))
+            continue
+        check_fits(learn.model, ckpt.model, ckpt.path)
+        try:
+            check_position(ckpt, n_iter, total_steps)
+            restore(learn, ckpt)
+        except RunError as exc:
+            errors.append(str(exc))
+            continue
+        if errors:
+            warnings.warn(f"{'; '.join(errors)}; resuming from the older {ckpt.path} (after step {ckpt.train_iter})"
+                          f"{_trained_again(Path(run_dir), ckpt.train_iter)}", ConvscopeWarning, stacklevel=2)
+        return ckpt
+    raise no_usable_checkpoint(run_dir, errors)
+
+
+def _trained_again(run_dir: Path, train_iter: int) -> str:
+    """', steps A to B are trained again': the recorded steps past the older checkpoint, as far as
+    steps.npz tells (nothing if it cannot)."""
+    try:
+        steps = read_npz(run_dir / "steps.npz").get("step")
+        last = int(steps.max()) + 1 if steps is not None and steps.size and steps.dtype.kind in "iu" else train_iter
+    except (RunError, ValueError):
+        return ""
+    if last <= train_iter:
+        return ""
+    return f", so step{'s' if last > train_iter + 1 else ''} {train_iter + 1}" + (
+        f" to {last}" if last > train_iter + 1 else "") + " are trained again"
 
 
 def check_fits(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -245,4 +311,4 @@ def restore(learn: Any, ckpt: Checkpoint) -> None:
     except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise RunError(f"checkpoint {ckpt.path} cannot be restored ({detail}); it is damaged or was written by "
-                       f"another convscope version, an older one may remain in {ckpt.path.name}.1") from None
+                       "another convscope version") from None

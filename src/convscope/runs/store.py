@@ -49,6 +49,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete what writes killed mid-way (SIGKILL, power loss) left in a run folder: `.NAME.*.tmp` files of
+    atomic writes and a half-written `.checkpoint.tmp/`. Never a finished file: those have their own names.
+    For a resume, which owns the folder; a run still writing there would lose its temporary file."""
+    import shutil
+
+    for path in Path(run_dir).glob(".*.tmp"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _naming(exc: OSError, path: Path) -> OSError:
     """The same error (OSError picks the subclass from errno), about `path`."""
     return OSError(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc

@@ -59,3 +59,35 @@ def catch_signals(stopper: GracefulStop) -> Iterator[GracefulStop]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class SignalStop(BaseException):
+    """Raised by `stop_on_signals` when SIGINT/SIGTERM arrives: what was being written is abandoned. A
+    BaseException, as KeyboardInterrupt is: the `except Exception` of a file reader must not take it for a
+    damaged file."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT/SIGTERM raise SignalStop inside the block (main thread only), so that work after training
+    (diagnosis, report) stops at once and is reported like a stop during training, not killed silently.
+    Every file is written atomically, so what the signal interrupts leaves the previous version whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum: int, frame: object) -> None:
+        raise SignalStop(signum)
+
+    for s in previous:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from convscope.dist.context import all_reduce, current
+from convscope.errors import RunError
 from convscope.runs.store import read_jsonl, read_npz
 from convscope.train.callback import Callback, ResumePoint
 
@@ -57,6 +58,12 @@ class Recorder(Callback):
     def after_train(self) -> None:
         self._flush_losses()
 
+    def flush_pending(self) -> None:
+        """Bring the step losses still on the device to the host (one sync), so that a mid-epoch save
+        (checkpoint_every) writes every step it checkpoints: else a run killed after it would resume
+        without those steps' losses."""
+        self._flush_losses()
+
     def _flush_losses(self, combine: bool = True) -> None:
         if self._pending_losses:
             losses = torch.stack(self._pending_losses).float()
@@ -88,10 +95,12 @@ class Recorder(Callback):
     def resume_from_run(self, run_dir: Path, at: ResumePoint) -> None:
         """Reload the steps and epochs recorded before the checkpoint (later rows were never confirmed)."""
         steps = read_npz(run_dir / "steps.npz")
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        check_resumable_rows(run_dir, steps, metrics)
         keep = steps["step"] < at.train_iter if steps else []
         for key in self.steps:
             self.steps[key] = steps[key][keep].tolist() if steps and key in steps else []
-        self.epochs = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["epoch"] < at.epoch]
+        self.epochs = [row for row in metrics if row["epoch"] < at.epoch]
 
     # ----------------------------------------------------------------- views
     def step_arrays(self) -> dict[str, np.ndarray]:
@@ -128,3 +137,22 @@ class Recorder(Callback):
         from convscope.plots.schedules import plot_schedule  # matplotlib loads only when a figure is asked for
 
         return plot_schedule(self.step_arrays(), ax=ax)
+
+
+def check_resumable_rows(run_dir: Path, steps: dict[str, np.ndarray], metrics: list[dict]) -> None:
+    """Refuse, naming the file, a steps.npz or metrics.jsonl that a resume cannot continue: the rows are
+    kept by their step and epoch numbers, so those must be there, whole numbers, one per row."""
+    path = Path(run_dir) / "steps.npz"
+    if steps:
+        step = steps.get("step")
+        if step is None or step.ndim != 1 or step.dtype.kind not in "iu":
+            raise RunError(f"{path} has no whole-number step array; the run folder is damaged")
+        bad = [k for k, a in steps.items() if a.shape != step.shape]
+        if bad:
+            raise RunError(f"{path}: {bad[0]} has shape {steps[bad[0]].shape}, but step has {step.shape}; "
+                           "the run folder is damaged")
+    for i, row in enumerate(metrics, 1):
+        epoch = row.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise RunError(f"{Path(run_dir) / 'metrics.jsonl'} row {i} has no whole number >= 0 for 'epoch'; "
+                           "the run folder is damaged")

@@ -67,6 +67,7 @@ class RunSaver(Callback):
 
     def flush(self) -> None:
         rec = self.learn.recorder
+        rec.flush_pending()  # every rank: under torch.distributed the losses are averaged over ranks
         if self.writes:
             atomic_write_jsonl(self.path / "metrics.jsonl", rec.epochs)
             atomic_save_npz(self.path / "steps.npz", rec.step_arrays())
