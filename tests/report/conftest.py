@@ -4,7 +4,8 @@
 IDX folder, which `--dataset PATH` accepts), bs 128, fit_one_cycle(1, 0.06): 120 steps. It records
 ActivationStats at a fixed interval (every 4th step: the default interval is chosen from measured time,
 stats/interval.py, and these tests need to know the rows) and writes report.html at the end; the plots
-are checked against the arrays it recorded, and the report it wrote is opened in a browser. Tests that change a run work on a copy.
+are checked against the arrays it recorded, and the report it wrote is opened in a browser. Tests that
+change a run work on a copy.
 """
 
 from __future__ import annotations
