@@ -11,14 +11,16 @@ training without them:
     compiled    torch.compile(model) (inductor)
     learner     convscope's Learner with ActivationStats() against the same Learner without it
     watch       a hand-written loop inside convscope.watch(model) against the same loop without it
-Method: each contender of a cell is a process of its own (two compiled models of one class in one process
-would share dynamo's compiled code, whose guards do not see hooks), started from the same weights and
-taking the same batches. The two take turns of `chunk` steps, one waiting while the other runs, so both see
-the same machine state; each repeat alternates which goes first. Untimed first: the warm-up (compilation,
-both graph variants) and the interval's calibration window (its first 40 steps at every 4th step, a one-off
-cost: ~0.5% of a 938-step epoch at the simple model's measured row cost). A repeat holds `turns * chunk`
-steps, a multiple of the widest interval (64), so each contender's timed steps hold the same rows. A cell's
-ratio is the median over repeats of its summed seconds with statistics over its summed seconds without.
+Method: the two contenders of a cell live in one process (separate processes differ in speed by up to
+~10% from one start to the next, measured here, which no interleaving removes), start from the same weights
+and take the same batches. They take turns of `chunk` steps, so both see the same machine state; each repeat
+alternates which goes first. Two compiled models of one class share dynamo's compiled code, whose guards by
+default do not look at hooks (so the model without statistics could run the code traced with them); the
+script makes dynamo guard on hooks, for both contenders alike. Untimed first: the warm-up (compilation, both
+graph variants) and the interval's calibration window (its first 40 steps at every 4th step, a one-off cost:
+~0.5% of a 938-step epoch at the simple model's measured row cost). A repeat holds `turns * chunk` steps, a
+multiple of the widest interval (64), so each contender's timed steps hold the same rows. A cell's ratio is
+the median over repeats of its summed seconds with statistics over its summed seconds without.
 The Learner's turns are fits of `chunk` steps each, so both contenders pay a fit's start and end once per
 turn (and the statistics their attach and flush there, which a real run pays once per epoch).
 Last line: `model_overhead simple=<r> resnet=<r> simple_compiled=<r> resnet_compiled=<r>`, each the worse of
@@ -28,15 +30,16 @@ the Learner's and watch()'s ratio for that cell.
 from __future__ import annotations
 
 import argparse
-import json
+import copy
+import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
-from _common import REPO, data_env
+from _common import DEFAULT_DATA, REPO
 
 sys.path.insert(0, str(REPO / "tests" / "stats"))  # the user-style models live beside the tests that use them
 from _user_models import TorchvisionResNet, fashion_rgb32  # noqa: E402
@@ -94,8 +97,11 @@ class LearnerContender:
     def turn(self) -> None:
         self.learn.fit(1)
 
-    def every(self) -> int | None:
-        return self.stats.collector.chooser.measured if self.stats else None
+    def every(self) -> dict:
+        return self.stats.collector.chooser.measured
+
+    def rows(self) -> int:
+        return self.stats.data.n_steps
 
 
 class WatchContender:
@@ -116,68 +122,41 @@ class WatchContender:
                 self.w.step(loss)
             self.opt.zero_grad()
 
-    def every(self) -> int | None:
-        return self.w.collector.chooser.measured if self.w else None
+    def every(self) -> dict:
+        return self.w.collector.chooser.measured
+
+    def rows(self) -> int:
+        return self.w.data.n_steps
 
 
-def worker(spec: dict) -> None:
-    """One contender: warm up, then run a turn for each line read from stdin, answering with its seconds."""
-    make = LearnerContender if spec["driver"] == "learner" else WatchContender
-    data = Chunks(*load(spec["model"]), spec["bs"], spec["chunk"])
-    contender = make(build(spec["model"]), data, spec["stats"], spec["compiled"])
-    for _ in range(spec["warmup"]):
-        contender.turn()
-    print(json.dumps({"ready": True, "every": contender.every()}), flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        contender.turn()
-        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, dict]:
+    """Median over repeats of (seconds with statistics) / (seconds without); and how the interval was chosen."""
+    import torch._dynamo
 
-
-class Process:
-    def __init__(self, spec: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=data_env())
-
-    def answer(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            sys.exit(f"a worker failed (exit {self.proc.wait()}); its error is above")
-        return json.loads(line)
-
-    def turn(self) -> float:
-        self.proc.stdin.write("turn\n")
-        self.proc.stdin.flush()
-        return self.answer()["seconds"]
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
-def cell(model: str, compiled: bool, driver: str, args) -> tuple[float, dict]:
-    """Median over repeats of (seconds with statistics) / (seconds without); and the interval chosen."""
-    spec = dict(model=model, compiled=compiled, driver=driver, bs=args.bs, chunk=args.chunk, warmup=args.warmup)
-    with_stats, without = Process({**spec, "stats": True}), Process({**spec, "stats": False})
-    every = with_stats.answer()["every"]
-    without.answer()
+    torch._dynamo.reset()  # each cell's models compile afresh (and within dynamo's per-code cache limit)
+    make = LearnerContender if driver == "learner" else WatchContender
+    base = build(model)
+    with_stats = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), True, compiled)
+    without = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), False, compiled)
+    for _ in range(args.warmup):
+        with_stats.turn()
+        without.turn()
     ratios = []
     for repeat in range(args.repeats):
         pair = (with_stats, without) if repeat % 2 == 0 else (without, with_stats)
         seconds = {id(with_stats): 0.0, id(without): 0.0}
         for _ in range(args.turns):
             for contender in pair:
-                seconds[id(contender)] += contender.turn()
+                start = time.perf_counter()
+                contender.turn()
+                seconds[id(contender)] += time.perf_counter() - start
         ratios.append(seconds[id(with_stats)] / seconds[id(without)])
-    with_stats.close()
-    without.close()
-    return statistics.median(ratios), every
+    if not with_stats.rows():
+        sys.exit(f"{model} {driver}: the statistics recorded no row; the measurement is void")
+    return statistics.median(ratios), with_stats.every()
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker(json.loads(sys.argv[2]))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--turns", type=int, default=8, help="timed turns per contender and repeat")
@@ -194,13 +173,17 @@ def main() -> None:
         parser.error(f"--turns x --chunk must be a multiple of {WIDEST}, so every repeat holds the same rows")
     # untimed: two turns at least (compiled models compile both graph variants) and the calibration window
     args.warmup = max(2, -(-(CALIBRATION + 1) // args.chunk))
+    os.environ.setdefault("CONVSCOPE_DATA", str(DEFAULT_DATA))
+    # Guard compiled code on the modules' hooks too: see the docstring.
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     results: dict[str, float] = {}
     print(f"{'cell':<18} {'learner':>8} {'watch':>8}   (seconds with statistics / without; every chosen)")
     for model in args.models:
+        data = load(model)
         for compiled in args.compiled:
             compiled = bool(compiled)
             name = model + ("_compiled" if compiled else "")
-            ratios = {driver: cell(model, compiled, driver, args) for driver in ("learner", "watch")}
+            ratios = {driver: cell(model, compiled, driver, data, args) for driver in ("learner", "watch")}
             results[name] = max(r for r, _ in ratios.values())
             print(f"{name:<18} {ratios['learner'][0]:>8.3f} {ratios['watch'][0]:>8.3f}   "
                   f"every: learner {ratios['learner'][1]}, watch {ratios['watch'][1]}", flush=True)

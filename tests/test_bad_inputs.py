@@ -165,7 +165,8 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "crop-larger-than-the-images", "crop-0", "freeze-of-a-layer-the-model-lacks", "freeze-without-a-fraction",
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
-       "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config")
+       "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config", "statistics-interval-0",
+       "statistics-interval-not-a-number")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 

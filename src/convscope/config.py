@@ -81,6 +81,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     limit_train: int | None = None  # use only the first N training images (quick experiments, tests)
+    # ActivationStats' recording interval: "auto" (chosen from measured time, stats/interval.py) or N steps
+    stats_every: int | str = "auto"
     out: str = "runs"
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +140,8 @@ class TrainConfig:
             raise ConfigError(f"freeze must map layer names to fractions of training in [0, 1], got {self.freeze!r}")
         if self.limit_train is not None:
             check_whole_number("limit_train", self.limit_train)
+        if self.stats_every != "auto":
+            check_whole_number("stats_every", self.stats_every, note="or 'auto'")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"run name {self.name!r} must be a plain folder name")
 

@@ -2,7 +2,8 @@
 
 The choice is checked against the rule written out by hand, and the rows it keeps against an exact run
 (every=1) on the same weights and batches: the kept rows must be those steps' rows, value for value.
-Time is a test clock here (one tick per step, more for a recorded one), so the choice is known in advance.
+Time is a test clock here, advanced where the test's loop spends it (loading a batch, the step itself, the
+extra time of a recorded row), so the choice is known in advance.
 """
 
 from __future__ import annotations
@@ -40,23 +41,26 @@ def test_the_interval_is_the_narrowest_within_budget(row, budget):
 
 
 class Clock:
-    """One second per step, `extra` more for a step that records a row (as `is_recorded` says)."""
+    """A test clock: time passes only where the test says (`advance`), and reading it changes nothing."""
 
-    def __init__(self, extra: float, is_recorded) -> None:
-        self.t, self.extra, self.is_recorded = 0.0, extra, is_recorded
+    def __init__(self) -> None:
+        self.t = 0.0
 
     def __call__(self) -> float:
-        self.t += 1.0 + (self.extra if self.is_recorded() else 0.0)
         return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
 
 
 def test_the_chooser_times_the_window_and_decides_once():
-    recorded = {"now": False}
-    chooser = IntervalChooser(budget=0.02, clock=Clock(0.5, lambda: recorded["now"]))
+    clock = Clock()
+    chooser = IntervalChooser(budget=0.02, clock=clock)
     chosen = []
     for step in range(100):
-        recorded["now"] = step % AUTO_START == 0
-        chosen.append(chooser.step_ended(step, recorded["now"]))
+        recorded = step % AUTO_START == 0
+        clock.advance(1.5 if recorded else 1.0)
+        chosen.append(chooser.step_ended(step, recorded))
     # row cost 0.5 s on 1 s steps: 0.5 / (every * 1) <= 0.02 needs every >= 25
     assert [c for c in chosen if c is not None] == [32]
     assert chosen.index(32) == DECIDE_AT - 1
@@ -64,26 +68,37 @@ def test_the_chooser_times_the_window_and_decides_once():
 
 
 def test_a_resume_past_the_window_keeps_its_interval():
-    chooser = IntervalChooser(clock=Clock(10.0, lambda: True))
-    assert [chooser.step_ended(step, step % 4 == 0) for step in range(DECIDE_AT + 5, DECIDE_AT + 60)] == [None] * 55
+    clock = Clock()
+    chooser = IntervalChooser(clock=clock)
+    chosen = []
+    for step in range(DECIDE_AT + 5, DECIDE_AT + 60):
+        clock.advance(10.0 if step % 4 == 0 else 1.0)
+        chosen.append(chooser.step_ended(step, step % 4 == 0))
+    assert chosen == [None] * 55
 
 
 def test_a_run_shorter_than_the_window_keeps_the_starting_interval(mnist_tensors):
     x, y, _, _ = mnist_tensors
     model = simple_cnn()
     with watch(model) as w:
-        w.collector.chooser.clock = Clock(100.0, lambda: w.collector.slot >= 0)  # rows look very expensive
-        train(model, w, x, y, DECIDE_AT - 1)
+        train(model, w, x, y, DECIDE_AT - 1, extra=100.0)  # rows look very expensive
     assert w.data.every == AUTO_START
     np.testing.assert_array_equal(w.data.steps, np.arange(0, DECIDE_AT - 1, AUTO_START))
 
 
-def train(model, w, x, y, steps: int, first: int = 0) -> None:
+def train(model, w, x, y, steps: int, extra: float = 0.0) -> None:
+    """A hand-written loop whose steps take 1 s on the test clock: 0.25 s getting the batch, 0.75 s in the
+    forward and backward pass, `extra` more when the step records a row."""
+    clock = Clock()
+    if w.collector.chooser is not None:
+        w.collector.chooser.clock = clock
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for step in range(first, first + steps):
+    for step in range(steps):
         xb, yb = x[step * BS:(step + 1) * BS], y[step * BS:(step + 1) * BS]
+        clock.advance(0.25)
         loss = F.cross_entropy(model(xb), yb)
         loss.backward()
+        clock.advance(0.75 + (extra if w.collector.slot >= 0 else 0.0))
         opt.step()
         w.step(loss)
         opt.zero_grad()
@@ -98,8 +113,7 @@ def test_watch_keeps_the_rows_of_the_chosen_interval_exactly(mnist_tensors, tmp_
     exact_model = simple_cnn()
     exact_model.load_state_dict(model.state_dict())
     with watch(model, run_dir=tmp_path / "run") as w:
-        w.collector.chooser.clock = Clock(extra, lambda: w.collector.slot >= 0)
-        train(model, w, x, y, steps)
+        train(model, w, x, y, steps, extra)
     with watch(exact_model, every=1) as exact:
         train(exact_model, exact, x, y, steps)
     auto, ref = w.data, exact.data
@@ -115,29 +129,37 @@ def test_watch_keeps_the_rows_of_the_chosen_interval_exactly(mnist_tensors, tmp_
     assert _interval_note(saved).endswith(f"cost {extra * 1e3:.1f} ms on 1000.0 ms steps")
 
 
-class SlowClock(Callback):
-    """Put the test clock on ActivationStats' chooser once its collector exists (after its before_fit)."""
+class SlowSteps(Callback):
+    """Time on a test clock for ActivationStats' chooser: 1 s in each step's forward and backward pass, `extra`
+    more when it records a row, and 0.25 s after each step (the next batch's loading: not the step's time)."""
 
-    order = -10
+    order = -10  # after ActivationStats, which opens the row in before_batch and closes it in after_batch
 
     def __init__(self, extra: float) -> None:
-        self.extra = extra
+        self.extra, self.clock = extra, Clock()
 
     def before_fit(self) -> None:
-        collector = self.learn.activation_stats.collector
-        collector.chooser.clock = Clock(self.extra, lambda: collector.slot >= 0)
+        self.collector = self.learn.activation_stats.collector
+        self.collector.chooser.clock = self.clock
+
+    def after_backward(self) -> None:
+        self.clock.advance(1.0 + (self.extra if self.collector.slot >= 0 else 0.0))
+
+    def after_batch(self) -> None:
+        self.clock.advance(0.25)
 
 
 def test_the_learner_chooses_the_same_way(mnist_tensors):
     x, y, _, _ = mnist_tensors
     batches = [(x[i * BS:(i + 1) * BS], y[i * BS:(i + 1) * BS]) for i in range(100)]
     torch.manual_seed(0)
-    learn = Learner(simple_cnn(), batches, cbs=[ActivationStats(), SlowClock(0.5)], opt_func="sgd", lr=0.05)
+    learn = Learner(simple_cnn(), batches, cbs=[ActivationStats(), SlowSteps(0.5)], opt_func="sgd", lr=0.05)
     learn.fit(1)
     data = learn.activation_stats.data
     assert data.every == 32
     np.testing.assert_array_equal(data.steps, [0, 32, 64, 96])
-    assert learn.activation_stats.collector.chooser.measured["row_ms"] == 500.0
+    assert learn.activation_stats.collector.chooser.measured == {"row_ms": 500.0, "step_ms": 1000.0, "budget": 0.02,
+                                                                 "every": 32}
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -13,6 +13,11 @@ from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain, Model, 
 from convscope.errors import ConfigError, ConvscopeError
 
 
+def _interval(text: str) -> int | str:
+    """--stats-every: "auto" or a whole number (TrainConfig says what is wrong with anything else)."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
 def _parse_freeze(text: str) -> dict[str, float]:
     """'conv1=0.5,conv2=0.8' -> {'conv1': 0.5, 'conv2': 0.8}; 'none' -> {}."""
     if text.strip().lower() == "none":
@@ -68,6 +73,8 @@ def train_command(
                                                 "dtype under autocast (fp16 with loss scaling)")] = "32",
     compile_model: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (trains "
                                                 "eagerly, with a warning, where compiling is not possible)")] = False,
+    stats_every: Annotated[str, typer.Option(help="record the statistics every N steps; auto: as often as keeps "
+                                                  "them within 2% of the training time")] = "auto",
 ) -> None:
     """Train the book's simple CNN (or --model) and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
@@ -101,7 +108,8 @@ def train_command(
             settings["epochs"] = int(settings["epochs"])
         cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
                           model=model, out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe,
-                          precision=precision, compile=compile_model, **settings)
+                          precision=precision, compile=compile_model, stats_every=_interval(stats_every),
+                          **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)
         rank = current()

@@ -130,7 +130,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if dist_info.distributed:
         callbacks.append(DistributedTrainer(device))
     if stats and not any(isinstance(cb, ActivationStats) for cb in cbs):
-        callbacks.append(ActivationStats())
+        callbacks.append(ActivationStats(every=cfg.stats_every))
     if progress and dist_info.is_main:
         callbacks.append(ProgressBar())
     loss_func = F.cross_entropy

@@ -161,10 +161,12 @@ class StatsCollector:
     # ----------------------------------------------------------------- per step
     def begin_step(self, step: int, training: bool = True) -> bool:
         """Open a row if `step` is recorded; returns whether it is."""
+        if self.chooser is not None and training and self._armed is None:
+            # the Learner's step, timed from its batch to its end (not from the epoch's end); a row that the
+            # first forward pass opens (watch()) is timed from the previous step's end
+            self.chooser.step_started()
         self._armed = None
         self._timed_step = step if training else None
-        if self.chooser is not None and training:
-            self.chooser.step_started()  # the Learner's step: from its batch to its end, not the epoch's end
         self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
         self.recording = self.slot >= 0
         if self.slot >= 0 and self.scaler is not None:
