@@ -1,6 +1,6 @@
 """What the default statistics cost on a user's model, eager and compiled, in the Learner and in watch().
 
-    python benchmarks/model_overhead.py [--repeats 3] [--turns 8] [--chunk 16] [--bs 128] [--quick]
+    python benchmarks/model_overhead.py [--repeats 5] [--turns 4] [--chunk 16] [--bs 128] [--models ...] [--compiled 0 1] [--quick]
 
 Cells: two models x eager/compiled x two drivers, each the default statistics (rows from the first 64 items
 of a batch, at the interval `every="auto"` chooses for this machine: stats/interval.py) against the same
@@ -158,8 +158,8 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--turns", type=int, default=8, help="timed turns per contender and repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--turns", type=int, default=4, help="timed turns per contender and repeat")
     parser.add_argument("--chunk", type=int, default=16, help="steps per turn")
     parser.add_argument("--bs", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
