@@ -1,6 +1,7 @@
 """What the default statistics cost on a user's model, eager and compiled, in the Learner and in watch().
 
-    python benchmarks/model_overhead.py [--repeats 5] [--turns 4] [--chunk 16] [--bs 128] [--models ...] [--compiled 0 1] [--quick]
+    python benchmarks/model_overhead.py [--repeats 5] [--turns 4] [--chunk 16] [--bs 128] [--models ...]
+                                        [--compiled 0 1] [--quick]
 
 Cells: two models x eager/compiled x two drivers, each the default statistics (rows from the first 64 items
 of a batch, at the interval `every="auto"` chooses for this machine: stats/interval.py) against the same
