@@ -43,7 +43,7 @@ def test_the_message_names_the_setting_the_bound_and_the_value():
     (lambda: DeviceBatches(torch.zeros(4, 1), torch.zeros(4), True),
      "batch size must be a whole number >= 1, got True"),
     (lambda: check_sweep_args(1e-5, 1.0, 100, repeats=True), "repeats must be a whole number >= 1, got True"),
-    (lambda: ActivationStats(every=True), "every must be a whole number >= 1, got True"),
+    (lambda: ActivationStats(every=True), "every must be a whole number >= 1 (or 'auto'), got True"),
     (lambda: StatsCollector(simple_cnn(), sample=True),
      "sample must be a whole number >= 1 (batch items per recorded step), got True"),
     (lambda: GradientNoiseScale(micro_bs=True), "micro_bs must be a whole number >= 1 (or None), got True"),

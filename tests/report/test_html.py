@@ -111,7 +111,9 @@ def test_run_without_stats_gets_the_sections_it_has(run_copy):
     (run / "stats.npz").unlink()
     html = page(write_report(run))
     assert html.count("<img ") == 2  # loss and schedule
-    assert "no activation statistics" in html and "<details" not in html
+    # no per-layer sections: the one collapsed section left is the configuration's
+    assert "no activation statistics" in html and html.count("<details") == 1
+    assert "<details><summary>" in html.split("<h2>Configuration</h2>")[1][:40]
 
 
 def test_lr_find_and_bs_sweep_files_are_embedded(run_copy, trained):

@@ -313,8 +313,11 @@ def render_report(run: Run, problems: list[str] | None = None) -> str:
         parts.append(_note(findings_warning))
     if findings:
         parts += [f"<h2>Findings ({len(findings)})</h2>", _findings_table(findings)]
-    parts += ["<h2>Configuration</h2>", _kv_table(_flatten(config)),
-              "<h3>Versions</h3>", _kv_table(_flatten(run.config.get("versions") or {}))]
+    # Collapsed: the settings are there to be looked up, and open they filled the first screen.
+    settings = _flatten(config)
+    parts += ["<h2>Configuration</h2>",
+              f"<details><summary>{len(settings)} settings and the versions used</summary>", _kv_table(settings),
+              "<h3>Versions</h3>", _kv_table(_flatten(run.config.get("versions") or {})), "</details>"]
     parts += _training_section(run)
     parts += _tools_section(run.path, problems)
     if run.has_stats:
