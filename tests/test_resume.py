@@ -62,7 +62,9 @@ def straight(tmp_path_factory, data_dir):
     return files
 
 
-@pytest.mark.parametrize("mode, code", [("kill", -signal.SIGKILL), ("int", 130), ("term", 143)])
+# SIGKILL then --resume is also what tests/test_killed_anywhere.py does at 20 random moments in every run
+@pytest.mark.parametrize("mode, code", [pytest.param("kill", -signal.SIGKILL, marks=pytest.mark.slow), ("int", 130),
+                                        ("term", 143)])
 def test_interrupted_then_resumed_equals_straight(straight, tmp_path, mode, code):
     run_dir = tmp_path / "run"
     assert run_worker(run_dir, mode, MID_EPOCH_2) == code
