@@ -462,7 +462,7 @@ def config_not_settings(case: Case) -> None:
     (case.copy_run() / "config.json").write_text("[1, 2]")
 
 
-@setup("diagnose-of-a-run-with-a-damaged-stats-npz")
+@setup("diagnose-of-a-run-with-a-damaged-stats-npz", "resume-of-a-run-with-a-damaged-stats-npz")
 def damaged_stats(case: Case) -> None:
     (case.copy_run() / "stats.npz").write_bytes(np.random.default_rng(0).bytes(1000))
 
@@ -645,11 +645,6 @@ def resume_steps_without_step(case: Case) -> None:
 @setup("resume-of-a-run-whose-metrics-jsonl-has-a-row-without-an-epoch")
 def resume_metrics_without_epoch(case: Case) -> None:
     (case.copy_run() / "metrics.jsonl").write_text('{"train_loss": 1.0}\n')
-
-
-@setup("resume-of-a-run-with-a-damaged-stats-npz")
-def resume_damaged_stats(case: Case) -> None:
-    (case.copy_run() / "stats.npz").write_bytes(np.random.default_rng(0).bytes(1000))
 
 
 @setup("resume-of-a-checkpoint-with-nan-weights")
