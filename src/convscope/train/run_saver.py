@@ -18,8 +18,8 @@ from convscope.train.guard import NonFiniteError
 def check_flush_seconds(seconds: float | None) -> None:
     """None (epoch ends only) or a finite number of seconds > 0."""
     if seconds is not None and not (isinstance(seconds, (int, float)) and 0 < seconds < float("inf")):
-        raise ConfigError(f"flush_every must be a number of seconds > 0 (0 on the command line: at epoch ends "
-                          f"only), got {seconds!r}")
+        raise ConfigError(f"flush_seconds (--flush-every) must be a number of seconds > 0 (0 on the command line: "
+                          f"at epoch ends only), got {seconds!r}")
 
 
 class RunSaver(Callback):

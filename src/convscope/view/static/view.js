@@ -85,8 +85,8 @@
   }
 
   // ------------------------------------------------------------------ drawing
-  const BASE = {margin: {l: 55, r: 12, t: 30, b: 38}, font: {size: 11}, uirevision: "keep",
-                legend: {orientation: "h", y: -0.22, font: {size: 10}}, hovermode: "closest"};
+  const BASE = {margin: {l: 55, r: 12, t: 30, b: 30}, font: {size: 11}, uirevision: "keep",
+                legend: {orientation: "h", y: -0.3, font: {size: 10}}, hovermode: "closest"};
 
   function layout(title, extra) {
     return Object.assign({}, BASE, {title: {text: title, font: {size: 13}, x: 0.01}}, extra || {});
@@ -124,10 +124,10 @@
       lr.push({x: s.step, y: s.lr, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"});
     }
     draw("plot-loss", loss, layout("training loss per step (faint: raw; line: smoothed, EMA 0.9)",
-                                   {yaxis: {type: "log"}, xaxis: {title: {text: "step"}}}));
+                                   {yaxis: {type: "log"}, xaxis: {title: {text: "step", standoff: 2}}}));
     draw("plot-accuracy", acc, layout("test accuracy (%) after each epoch", {xaxis: {title: {text: "epoch"},
                                       dtick: 1}}));
-    draw("plot-lr", lr, layout("learning rate", {xaxis: {title: {text: "step"}}}));
+    draw("plot-lr", lr, layout("learning rate", {xaxis: {title: {text: "step", standoff: 2}}}));
   }
 
   function layerNames(list) {
@@ -156,7 +156,7 @@
         const y = r.stats[k].map(row => row[i] === null ? null : (pct ? 100 * row[i] : row[i]));
         return {x: r.stats.steps, y: y, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"};
       });
-      const extra = {xaxis: {title: {text: "step"}}};
+      const extra = {xaxis: {title: {text: "step", standoff: 2}}};
       if (log) extra.yaxis = {type: "log"};
       if (pct) extra.yaxis = {range: [-2, 102]};
       draw("plot-" + k, traces, layout(title, extra));
@@ -172,9 +172,9 @@
       let div = document.getElementById(want[j]);
       if (!div) { div = document.createElement("div"); div.className = "heat"; div.id = want[j]; holder.appendChild(div); }
       const h = r.hist.get(layer);
-      if (!h || !h.bins || !h.steps.length) {
+      if (!h || !h.bins || !h.steps.length) {  // a short note, not an empty chart that looks broken
         notes.push(`${r.name}: no histograms of ${layer || "any layer"} recorded`);
-        Plotly.react(div, [], layout(`${r.name}: no histograms recorded for ${layer}`), {displaylogo: false});
+        Plotly.purge(div); div.remove();
         return;
       }
       const [lo, hi] = h.range, width = (hi - lo) / h.bins;
@@ -184,7 +184,7 @@
       Plotly.react(div, [{x: h.steps, y: y, z: z, type: "heatmap", colorscale: "Viridis", showscale: false,
                           hovertemplate: "step %{x}<br>value %{y:.3g}<br>log(1+count) %{z:.2f}<extra></extra>"}],
                    layout(`${r.name}: ${layer}, range [${lo}, ${hi}]` + (allDark ? " (all dark: no counts)" : ""),
-                          {xaxis: {title: {text: "step"}}, yaxis: {title: {text: "activation"}}}),
+                          {xaxis: {title: {text: "step", standoff: 2}}, yaxis: {title: {text: "activation"}}}),
                    {responsive: true, displaylogo: false});
     });
     document.getElementById("heat-note").textContent =
