@@ -60,7 +60,7 @@ def test_files_flush_mid_epoch_and_agree_with_each_other(mnist_tensors, tmp_path
     per_epoch = N // BS
     mid_epoch = [s for s in looker.seen if s[0] % per_epoch]
     assert len(mid_epoch) >= per_epoch, "no flush inside an epoch"
-    for batches, epoch, steps, stats, metrics in looker.seen:
+    for batches, _, steps, stats, metrics in looker.seen:
         # one moment: every step taken so far, the statistics rows of exactly those steps, the epochs finished
         # (an epoch's last batch is flushed before its validation: that epoch is not finished yet)
         assert steps["step"].tolist() == list(range(batches))

@@ -1,6 +1,7 @@
 """Two short real runs shared by the view tests: the book's failing run (no BatchNorm, constant lr 0.06 at
-bs 64) and its fix (BatchNorm, 1cycle, here at bs 128 for more steps), each one epoch on the first 2,048 training images of real MNIST,
-with statistics at every 2nd step and their findings. Tests that change a run work on a copy."""
+bs 64) and its fix (BatchNorm, 1cycle, here at bs 128 for more steps), each one epoch on the first 2,048
+training images of real MNIST, with statistics at every 2nd step and their findings. Tests that change a
+run work on a copy."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def _train(data_dir: Path, out: Path, name: str, **settings) -> Path:
     from convscope.experiments import run_training
     from convscope.stats import ActivationStats
 
-    cfg = TrainConfig(data_root=str(data_dir), limit_train=N_TRAIN, epochs=1, device="cpu", out=str(out), name=name, **settings)
-    # stats=False + an ActivationStats callback: stats.npz at a known interval, and no (slow) report.html
+    cfg = TrainConfig(data_root=str(data_dir), limit_train=N_TRAIN, epochs=1, device="cpu", out=str(out), name=name,
+                      **settings)
+    # stats=False + an ActivationStats callback: stats.npz at a known interval, no (slow) report.html
     result = run_training(cfg, stats=False, cbs=[ActivationStats(every=EVERY)])
     save_findings(result.run_dir, diagnose(load_run(result.run_dir)))
     return result.run_dir

@@ -88,7 +88,8 @@ def test_a_run_as_json_and_unchanged_when_nothing_was_flushed(served):
 
 
 @pytest.mark.parametrize("path", [
-    "/../outside/secret.txt", "/%2e%2e/outside/secret.txt", "/%2E%2E%2Foutside%2Fsecret.txt", "/..%2foutside/secret.txt",
+    "/../outside/secret.txt", "/%2e%2e/outside/secret.txt", "/%2E%2E%2Foutside%2Fsecret.txt",
+    "/..%2foutside/secret.txt",
     "//etc/passwd", "/etc/passwd", "/static/../../outside/secret.txt", "/view.js/../../outside/secret.txt",
     "/runs/no-bn/config.json", "/no-bn/stats.npz", "/api/run?id=0:link", "/api/run?id=0:../outside/elsewhere",
     "/api/run?id=0:..%2Foutside%2Felsewhere", "/api/run?id=0:no-bn/../../outside/elsewhere", "/api/run?id=%2Fetc",
