@@ -69,11 +69,14 @@ class RunIndex:
 
 
 def check_roots(paths: list[str]) -> list[Path]:
-    """The given folders, each checked to exist and to hold at least one run (one line if not)."""
+    """The given folders, each checked to be a folder. One without runs yet is fine: the page lists the
+    runs started there later (`convscope view runs/` before `convscope train`)."""
     roots = []
     for p in paths:
-        find_runs(p)  # refuses a missing folder or one without runs
-        roots.append(Path(p))
+        path = Path(p)
+        if not path.is_dir():
+            find_runs(path)  # says, in one line, that it does not exist or is a file
+        roots.append(path)
     return roots
 
 
