@@ -60,7 +60,8 @@ def test_each_schedule_is_a_run_folder_with_its_own_lr(lr_study_dir):
         assert json.loads((run / "config.json").read_text())["lr_study_schedule"] == name
     rows = json.loads((lr_study_dir / "lr_study.json").read_text())["rows"]
     for row in rows:  # the study's own table and the run folders agree on accuracy
-        metrics = [json.loads(line) for line in (lr_study_dir / row["schedule"] / "metrics.jsonl").read_text().splitlines()]
+        lines = (lr_study_dir / row["schedule"] / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines]
         assert metrics[-1]["accuracy"] == pytest.approx(row["accuracy"])
 
 

@@ -88,8 +88,18 @@
   const BASE = {margin: {l: 55, r: 12, t: 30, b: 30}, font: {size: 11}, uirevision: "keep",
                 legend: {orientation: "h", y: -0.3, font: {size: 10}}, hovermode: "closest"};
 
+  // The step arrays grow in place (push), and Plotly.react redraws an array it has seen before only when the
+  // layout's datarevision changes: one new revision per drawing.
+  let revision = 0;
+
   function layout(title, extra) {
-    return Object.assign({}, BASE, {title: {text: title, font: {size: 13}, x: 0.01}}, extra || {});
+    return Object.assign({}, BASE, {title: {text: title, font: {size: 13}, x: 0.01}, datarevision: revision},
+                         extra || {});
+  }
+
+  function noValues(why) {
+    return {annotations: [{text: why, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+                           font: {size: 12, color: "#666"}}]};
   }
 
   function draw(id, traces, lay) {
@@ -156,9 +166,15 @@
         const y = r.stats[k].map(row => row[i] === null ? null : (pct ? 100 * row[i] : row[i]));
         return {x: r.stats.steps, y: y, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"};
       });
-      const extra = {xaxis: {title: {text: "step", standoff: 2}}};
+      let extra = {xaxis: {title: {text: "step", standoff: 2}}};
       if (log) extra.yaxis = {type: "log"};
       if (pct) extra.yaxis = {range: [-2, 102]};
+      if (traces.length && traces.every(t => t.y.every(v => v === null))) {  // say why the chart is empty
+        const kinds = withStats.map(r => r.stats.kinds[r.stats.layers.indexOf(layer)]).filter(Boolean);
+        extra = Object.assign(extra, noValues(k === "grad_norm" || k === "update_ratio"
+          ? `${layer}${kinds.length ? " (" + kinds[0] + ")" : ""} has no parameters: nothing to show`
+          : "no values recorded for this layer"));
+      }
       draw("plot-" + k, traces, layout(title, extra));
     }
   }
@@ -279,6 +295,7 @@
       picker.replaceChildren(...names.map(n => { const o = text("option", n); o.value = n; return o; }));
     }
     picker.value = layer;
+    revision += 1;
     drawSummary(list); drawTraining(list); drawLayer(list); drawHeats(list); drawFindings(list); drawConfig(list);
   }
 
