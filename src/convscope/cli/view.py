@@ -11,8 +11,8 @@ from convscope.cli.app import console
 
 def view_command(
     runs: Annotated[list[str] | None, typer.Argument(
-        help="run folders, or folders of runs (runs/, an lr-study or bs-sweep folder) [default: runs]")] = None,
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1 [default: a free one]")] = 0,
+        help="run folders, or folders of runs (runs/, an lr-study or bs-sweep folder); none: runs")] = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1; 0: a free one")] = 0,
 ) -> None:
     """Serve a page of the runs in these folders on 127.0.0.1: loss, accuracy, lr and every layer's statistics,
     overlaid and updating while they train, with their findings. Read-only; Ctrl-C stops it."""
