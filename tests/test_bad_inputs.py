@@ -166,7 +166,7 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
        "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config", "statistics-interval-0",
-       "statistics-interval-not-a-number")
+       "statistics-interval-not-a-number", "view-of-a-missing-folder", "flush-interval-below-0")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 
@@ -660,6 +660,51 @@ def nan_weights(case: Case) -> None:
 @setup("diagnose-of-a-run-whose-steps-npz-arrays-differ-in-length")
 def steps_lengths_differ(case: Case) -> None:
     _rewrite_npz(case.copy_run() / "steps.npz", lambda a: a.update(loss=a["loss"][:1]))
+
+
+@setup("view-on-a-port-out-of-range", "compare-of-one-run")
+def with_one_run(case: Case) -> None:
+    case.copy_run()
+
+
+@setup("compare-into-a-missing-folder")
+def with_two_runs(case: Case) -> None:
+    case.copy_run()
+    case.copy_run2()
+
+
+@setup("view-on-a-port-in-use")
+def port_in_use(case: Case) -> None:
+    import socket
+
+    case.copy_run()
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 47613))
+        listener.listen()
+    except OSError:  # already taken by another program: in use all the same
+        listener.close()
+        return
+    case.namespace["listener"] = listener  # kept open (listening) until the test's case is dropped
+
+
+@setup("view-without-plotly")
+def without_plotly(case: Case) -> None:
+    case.copy_run()
+    case.monkeypatch.setitem(sys.modules, "plotly", None)  # `import plotly` raises ImportError
+
+
+@setup("compare-to-a-page-that-exists")
+def compare_page_exists(case: Case) -> None:
+    case.copy_run()
+    case.copy_run2()
+    (case.tmp / "compare.html").write_text("<!DOCTYPE html><p>an earlier comparison</p>")
+
+
+@setup("report-of-an-lr-study-folder-written-before-lr-study-saved-its-runs")
+def old_lr_study(case: Case) -> None:
+    (case.tmp / "study").mkdir()
+    (case.tmp / "study" / "lr_study.json").write_text("{}")
 
 
 def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:

@@ -60,6 +60,8 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope rerun": "tests/test_rerun.py",
     "convscope lr-study": "tests/test_lr_study.py",
     "convscope bs-sweep": "tests/test_bs_sweep.py",
+    "convscope view": "tests/view/test_browser.py",  # serves until Ctrl-C: started and stopped there
+    "convscope compare": "tests/view/test_browser.py",
 }
 N_TRAIN, N_TEST = 4096, 1024
 STAMP = r"\d{8}-\d{6}"  # the time stamp in a default run folder name

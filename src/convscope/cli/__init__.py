@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from convscope.cli.app import app, user_errors
 from convscope.cli.bs_sweep import bs_sweep_command
+from convscope.cli.compare import compare_command
 from convscope.cli.diagnose import diagnose_command
 from convscope.cli.lr_find import lr_find_command
 from convscope.cli.lr_study import lr_study_command
@@ -17,12 +18,15 @@ from convscope.cli.report import report_command
 from convscope.cli.rerun import rerun_command
 from convscope.cli.summary import summary_command
 from convscope.cli.train import train_command
+from convscope.cli.view import view_command
 
 COMMANDS = {  # in the order `convscope --help` lists them
     "train": train_command,
     "summary": summary_command,
     "diagnose": diagnose_command,
     "report": report_command,
+    "view": view_command,
+    "compare": compare_command,
     "rerun": rerun_command,
     "lr-find": lr_find_command,
     "lr-study": lr_study_command,

@@ -30,14 +30,18 @@ def findings_table(findings: list[Finding], title: str = "diagnosis") -> Table:
     return table
 
 
-def diagnose_command(run: Annotated[str, typer.Argument(help="run folder")]) -> None:
-    """Read a run's statistics and print what is wrong, where, since when, and what to change."""
+def diagnose_command(run: Annotated[str, typer.Argument(
+        help="run folder, or an lr-study or bs-sweep folder (each of its runs)")]) -> None:
+    """Read a run's statistics and print what is wrong, where, since when, and what to change (for each run of
+    an lr-study or bs-sweep folder, each written to its own findings.json)."""
     from convscope.diagnose import diagnose  # numpy loads only when the command runs
+    from convscope.runs.discover import find_runs
     from convscope.runs.findings import save_findings
     from convscope.runs.run import load_run
 
-    loaded = load_run(run)
-    findings = diagnose(loaded)
-    path = save_findings(loaded.path, findings)
-    console.print(findings_table(findings, title=f"diagnosis of {loaded.path}"))
-    console.print(f"written to {path}")
+    loaded = [load_run(path) for path in find_runs(run)]  # every run read before any findings.json is written
+    for one in loaded:
+        findings = diagnose(one)
+        path = save_findings(one.path, findings)
+        console.print(findings_table(findings, title=f"diagnosis of {one.path}"))
+        console.print(f"written to {path}")

@@ -42,3 +42,5 @@ def lr_study_command(
                       f"{100 * r.early_near_zero:.0f}%", f"{100 * r.peak_near_zero:.0f}%", str(r.collapses))
     console.print(table)
     console.print(f"figure: {run_dir / 'lr_study.png'}")
+    console.print(f"each schedule's run is a run folder in {run_dir}: convscope view {run_dir} (or compare, "
+                  "report, diagnose) takes them all", soft_wrap=True)

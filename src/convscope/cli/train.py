@@ -64,6 +64,8 @@ def train_command(
     resume: Annotated[str | None, typer.Option(help="continue this run folder from its last checkpoint "
                                                     "(its own settings are used; the others are ignored)")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps")] = None,
+    flush_every: Annotated[float, typer.Option(help="write the run's files (not a checkpoint) every SECONDS while "
+                                                    "training, for `convscope view`; 0: at epoch ends only")] = 5.0,
     limit_train: LimitTrain = None,
     nproc: Annotated[int | None, typer.Option(help="train on N processes (starts torchrun; gloo on the CPU, "
                                                    "NCCL on GPUs); the global batch is bs x N")] = None,
@@ -111,7 +113,8 @@ def train_command(
                           precision=precision, compile=compile_model, stats_every=_interval(stats_every),
                           **settings)
     try:
-        result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every)
+        result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every,
+                              flush_seconds=flush_every or None)
         rank = current()
     except NonFiniteError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)

@@ -9,7 +9,9 @@ the same initial weights on the same data order, for the same number of steps, u
     one-cycle       warm up, train high, anneal low (cosine), with momentum cycling
 
 and records activation statistics for each, so the early-training behaviour (collapse of activations
-to zero without warm-up) is measured, not described.
+to zero without warm-up) is measured, not described. `run_lr_study` writes each schedule's training as a
+run folder inside the study folder (config.json, metrics.jsonl, steps.npz, stats.npz, as `convscope
+train` writes them), so that `convscope view`, `compare`, `report` and `diagnose` take them as runs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from convscope.runs.store import atomic_write_bytes, atomic_write_json, create_r
 from convscope.schedules import Constant, one_cycle_schedules, warmup_constant
 from convscope.stats.activations import ActivationStats
 from convscope.train.learner import Learner
+from convscope.train.run_saver import RunSaver
 from convscope.train.scheduler import ParamScheduler
 
 SCHEDULES = ("constant-high", "constant-low", "warmup-constant", "one-cycle")
@@ -75,7 +78,14 @@ class StudyRow:
                 "collapses": self.collapses}
 
 
-def _run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn, data) -> StudyRow:
+# What each schedule is, in TrainConfig's own words, for the inner run folders' config.json (diagnosis
+# reads "schedule" to say whether a warm-up is already there).
+_CONFIG_SCHEDULE = {"constant-high": "constant", "constant-low": "constant", "warmup-constant": "warmup-constant",
+                    "one-cycle": "one-cycle"}
+
+
+def _run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_fn, data,
+             study_dir: Path | None = None) -> StudyRow:
     train_dl, valid_dl = data
     torch.manual_seed(cfg.seed)
     model = model_fn()
@@ -83,7 +93,13 @@ def _run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_f
     # A fresh generator with the same seed: every schedule sees the same batches in the same order.
     dl = DeviceBatches(train_dl.x, train_dl.y, cfg.bs, shuffle=True, drop_last=True, seed=cfg.seed)
     stats = ActivationStats(with_hist=False, every=1, sample=None)
-    learn = Learner(model, dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=[stats])
+    cbs: list = [stats]
+    if study_dir is not None:  # the schedule's own run folder, flushed every few seconds for `convscope view`
+        lr = cfg.lr / 25 if name == "constant-low" else cfg.lr
+        config = {**cfg.to_dict(), "name": name, "lr": lr, "lr_max": cfg.lr, "schedule": _CONFIG_SCHEDULE[name],
+                  "lr_study_schedule": name, "source": "convscope lr-study"}
+        cbs.append(RunSaver(create_run_dir(study_dir, name), config, flush_seconds=5.0))
+    learn = Learner(model, dl, valid_dl, lr=cfg.lr, wd=cfg.wd, cbs=cbs)
     learn.fit(cfg.epochs, cfg.lr, cbs=[ParamScheduler(schedule_for(name, cfg.lr))])
     stats = learn.activation_stats.data
     signal = [i for i, k in enumerate(stats.kinds) if "Norm" not in k]
@@ -97,8 +113,9 @@ def _run_one(name: str, cfg: TrainConfig, init: dict[str, torch.Tensor], model_f
                     stats.near_zero[:, signal], [stats.layers[i] for i in signal])
 
 
-def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[StudyRow]:
-    """Train `cfg`'s model once per schedule from identical starts; return one row per schedule."""
+def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES, study_dir: Path | None = None) -> list[StudyRow]:
+    """Train `cfg`'s model once per schedule from identical starts; return one row per schedule. With
+    `study_dir`, each schedule's training is also written as a run folder `study_dir/<schedule>`."""
     refuse_under_torchrun("convscope lr-study")
     for name in schedules:
         schedule_for(name, cfg.lr)  # validate names before any work
@@ -110,7 +127,7 @@ def lr_study(cfg: TrainConfig, schedules: tuple[str, ...] = SCHEDULES) -> list[S
 
     torch.manual_seed(cfg.seed)
     init = copy.deepcopy(model_fn().state_dict())
-    return [_run_one(name, cfg, init, model_fn, (train_dl, valid_dl)) for name in schedules]
+    return [_run_one(name, cfg, init, model_fn, (train_dl, valid_dl), study_dir) for name in schedules]
 
 
 def _plot_study(rows: list[StudyRow], title: str = "") -> Figure:
@@ -155,11 +172,11 @@ def _save_study(rows: list[StudyRow], cfg: TrainConfig, run_dir: Path) -> None:
 
 def run_lr_study(cfg: TrainConfig) -> tuple[Path, list[StudyRow]]:
     """What `convscope lr-study` runs: every check first (device, data, one process), then a new run folder,
-    the four schedules, and lr_study.json and lr_study.png in it."""
+    the four schedules (each a run folder inside it), and lr_study.json and lr_study.png in it."""
     resolve_device(cfg.device)
     load_data(cfg)  # fail on missing data before a folder exists
     refuse_under_torchrun("convscope lr-study")  # before the run folder is made
     run_dir = create_run_dir(cfg.out, cfg.name or time.strftime("%Y%m%d-%H%M%S") + "-lr-study")
-    rows = lr_study(cfg, SCHEDULES)
+    rows = lr_study(cfg, SCHEDULES, study_dir=run_dir)
     _save_study(rows, cfg, run_dir)
     return run_dir, rows

@@ -32,7 +32,7 @@ from convscope.train.interrupts import GracefulStop, SignalStop, catch_signals, 
 from convscope.train.learner import Learner
 from convscope.train.progress import ProgressBar
 from convscope.train.recorder import check_resumable_rows
-from convscope.train.run_saver import RunSaver
+from convscope.train.run_saver import RunSaver, check_flush_seconds
 
 
 @dataclass
@@ -84,18 +84,22 @@ def check_run_files(run_dir: Path) -> None:
 
 
 def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callback] = (), stats: bool = True,
-          resume: str | Path | None = None, checkpoint_every: int | None = None) -> TrainResult:
+          resume: str | Path | None = None, checkpoint_every: int | None = None,
+          flush_seconds: float | None = None) -> TrainResult:
     """Train the model `cfg` names (simple_cnn by default) as it says and write the run directory under `cfg.out`.
 
     stats: record ActivationStats (stats.npz; unless `cbs` already holds one), diagnose the run
     (findings.json) and write report.html into the run folder after fit.
     resume: a run folder to continue from its last checkpoint (use `resume_config` for its settings).
+    flush_seconds: also write the run's files (not a checkpoint) every that many seconds of training, so
+    that `convscope view` shows the run while it trains (`convscope train` uses 5); None: at epoch ends only.
     SIGINT/SIGTERM stop training at the next batch boundary with everything flushed and a checkpoint
     written; `TrainResult.interrupted` then holds the signal number.
 
     Everything that can be wrong with the input is checked before the run folder is made, so a failed
     start leaves nothing behind.
     """
+    check_flush_seconds(flush_seconds)
     if cfg.freeze and launch_env().distributed:  # before any process group: refuse, never rendezvous
         raise ConfigError("freeze does not work with several processes yet (DDP expects every parameter's "
                           "gradient at each step); train on one process or drop the freeze setting")
@@ -123,7 +127,8 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if checkpoint_every is not None:
         config["checkpoint_every"] = checkpoint_every
     stopper = GracefulStop()
-    callbacks: list[Callback] = [RunSaver(run_dir, config, checkpoint_every=checkpoint_every), NonFiniteGuard(),
+    callbacks: list[Callback] = [RunSaver(run_dir, config, checkpoint_every=checkpoint_every,
+                                                          flush_seconds=flush_seconds), NonFiniteGuard(),
                                  stopper, *cbs]
     if cfg.freeze:
         callbacks.append(FreezeLayers(cfg.freeze))
