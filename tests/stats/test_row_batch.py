@@ -177,7 +177,9 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
         if kind is RowBatch or name not in ("mean", "std"):
             np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
         else:
-            np.testing.assert_allclose(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], rtol=1e-5)
+            # the per-layer path sums in float32, in an order that depends on the thread count: 1e-5 is
+            # what one thread's sum of this conv's 100k values is off by
+            np.testing.assert_allclose(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], rtol=5e-5)
 
 
 def test_a_module_called_small_then_large_keeps_its_large_last_call(mnist_tensors):

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from convscope.config import check_whole_number
@@ -106,6 +107,12 @@ class StatsCollector:
         self._scaler_states: Any = None
         self.unseen = functional_activations(model, self.layers)
         self.hooks: Hooks | None = None
+        # Module hooks only while a recorded step runs: a forward hook costs its module's every call a few
+        # microseconds even when it returns at once (~1% of a step of the book model, measured with
+        # benchmarks/model_overhead.py's method). Not around compiled code, which traces the hooks into its
+        # graph once and must find them there at every step: kept on for a model holding a compiled module,
+        # and from the first time a compiled graph runs them (its first trace, at step 0, which is recorded).
+        self._lazy_hooks = not any(isinstance(m, OptimizedModule) for m in model.modules())
         self._optimizer_hook: Any = None
         self.recording = False  # whether this step's row is recorded (the only state a traced hook reads)
         self.stash: dict[int, torch.Tensor] = {}  # layer -> its output's copy, from traced hooks
@@ -151,7 +158,8 @@ class StatsCollector:
     # ----------------------------------------------------------------- lifecycle
     def attach(self) -> None:
         if self.hooks is None:
-            self.hooks = Hooks([m for _, m in self.named], self._hook, traced=self._traced_hook, gate=self)
+            self.hooks = Hooks([m for _, m in self.named], self._hook, traced=self._traced_hook, gate=self,
+                               register=not self._lazy_hooks)
             self._optimizer_hook = register_optimizer_step_pre_hook(self._before_optimizer_step)
             device = self.buffer.values.device
             self._owner = self._params[1].to(device)
@@ -168,6 +176,15 @@ class StatsCollector:
             self._optimizer_hook.remove()
         self.end_step()
 
+    def _arm(self) -> None:
+        """Put the module hooks on for a step that is recorded (see _lazy_hooks)."""
+        if self.hooks is not None:
+            self.hooks.register()
+
+    def _disarm(self) -> None:
+        if self._lazy_hooks and self.hooks is not None:
+            self.hooks.remove()
+
     # ----------------------------------------------------------------- per step
     def begin_step(self, step: int, training: bool = True) -> bool:
         """Open a row if `step` is recorded; returns whether it is."""
@@ -179,6 +196,8 @@ class StatsCollector:
         self._timed_step = step if training else None
         self.slot = self.buffer.open_row(step) if training and self.buffer.should_record(step) else -1
         self.recording = self.slot >= 0
+        if self.recording:
+            self._arm()
         if self.slot >= 0 and self.scaler is not None:
             self._scaler_states = self.scaler._per_optimizer_states
         return self.slot >= 0
@@ -189,6 +208,8 @@ class StatsCollector:
         self._armed = step
         self._timed_step = step
         self.recording = self.buffer.should_record(step)
+        if self.recording:
+            self._arm()  # the hooks are what sees the step's first training forward pass
 
     def _traced_hook(self, i: int, module: nn.Module, output: Any) -> None:
         """The hook as a compiled graph runs it: keep a copy of the output (see the module docstring)."""
@@ -205,6 +226,9 @@ class StatsCollector:
         """Turn the copies traced hooks kept into the row's statistics, in layer order."""
         if not self.stash:
             return
+        if self._lazy_hooks:  # a compiled graph ran the hooks: from now on they stay on (see _lazy_hooks)
+            self._lazy_hooks = False
+            self._arm()
         stash, self.stash = self.stash, {}
         if self._armed is not None:
             have_before = self._have_before  # the optimizer pre-hook may have copied the weights already
@@ -355,18 +379,20 @@ class StatsCollector:
         if self.slot >= 0:
             self._copy_weights()
 
+    @torch.no_grad()  # instead of a detach() per parameter: each is an op
     def _copy_weights(self) -> None:
         if self.grad_stats and self._params[0]:
-            params = [p.detach() for p in self._params[0]]
+            params = self._params[0]
             if self._before is None or any(b.shape != p.shape for b, p in zip(self._before, params)):
                 self._before = [torch.empty_like(p) for p in params]
             torch._foreach_copy_(self._before, params)  # one launch on a GPU, not one per parameter
             self._have_before = True
 
+    @torch.no_grad()
     def after_update(self) -> None:
         if self.slot < 0 or not self._have_before:
             return
-        before, after = self._before, [p.detach() for p in self._params[0]]
+        before, after = self._before, self._params[0]
         # |w_after - w_before| and |w_before| per tensor, in one list, combined per layer in one pass.
         norms = torch._foreach_norm([*torch._foreach_sub(after, before), *before])
         delta, weight = self._per_layer_norm(norms).view(2, -1)
@@ -387,6 +413,7 @@ class StatsCollector:
             self.buffer.block_steps.pop()
         self.slot, self._armed, self.recording, self.stash = -1, None, False, {}
         self._timed_step = None
+        self._disarm()
 
     def end_step(self) -> None:
         self._take_stash()
@@ -398,6 +425,7 @@ class StatsCollector:
         self.slot = -1
         self._armed = None
         self.recording = False
+        self._disarm()
 
     def _time_step(self, step: int, recorded: bool) -> None:
         every = self.chooser.step_ended(step, recorded)

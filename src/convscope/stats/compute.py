@@ -139,8 +139,19 @@ def bin_positions(x: torch.Tensor, n: int, lo: float, hi: float, out: torch.Tens
     scales its second argument) and a clamp, so that nothing wraps when cast. The one place this arithmetic
     lives, so that every path (per layer, batched rows, the GPU's row) puts a value in the same bin."""
     scale = n / (hi - lo)
-    shift = torch.tensor(1.0 - lo * scale, dtype=x.dtype)  # 0-d: allowed beside a tensor on any device
-    return torch.add(shift, x, alpha=scale, out=out).clamp_(0, n + 1)
+    return torch.add(_shift(1.0 - lo * scale, x.dtype), x, alpha=scale, out=out).clamp_(0, n + 1)
+
+
+_SHIFTS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+
+
+def _shift(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d CPU tensor of `value` (allowed beside a tensor on any device), made once: torch.tensor() is
+    four small ops, per layer and row."""
+    key = (value, dtype)
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.tensor(value, dtype=dtype)
+    return _SHIFTS[key]
 
 
 def _bin_indices(x: torch.Tensor, n: int, lo: float, hi: float, dtype: torch.dtype | None = None) -> torch.Tensor:

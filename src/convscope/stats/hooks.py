@@ -46,17 +46,33 @@ class Hook:
 
 
 class Hooks:
-    """The same hook function on several modules; `fn(index, module, inputs, output)`."""
+    """The same hook function on several modules; `fn(index, module, inputs, output)`.
+
+    The bound hook functions are made once; `register()` and `remove()` put them on and take them off the
+    modules as often as needed (a forward hook, even one that returns at once, costs every call of its
+    module a few microseconds: the StatsCollector keeps its hooks on for the recorded steps only)."""
 
     def __init__(self, modules: Sequence[nn.Module], fn: Callable[[int, nn.Module, Any, Any], None],
                  forward: bool = True, traced: Callable[[int, nn.Module, Any], None] | None = None,
-                 gate: Any = None) -> None:
+                 gate: Any = None, register: bool = True) -> None:
         """`traced(index, module, output)`, if given, is what runs instead of `fn` inside a graph that
         torch.compile traces (see _bind); with it, `gate.recording` False says `fn` would do nothing now."""
+        self.forward = forward
+        self._bound = [(module, _bind(fn, i, traced, gate)) for i, module in enumerate(modules)]
         self.hooks: list[Hook] = []
+        if register:
+            self.register()
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.hooks)
+
+    def register(self) -> None:
+        if self.hooks:
+            return
         try:
-            for i, module in enumerate(modules):
-                self.hooks.append(Hook(module, _bind(fn, i, traced, gate), forward))
+            for module, hook in self._bound:
+                self.hooks.append(Hook(module, hook, self.forward))
         except BaseException:
             self.remove()
             raise
@@ -64,9 +80,10 @@ class Hooks:
     def remove(self) -> None:
         for hook in self.hooks:
             hook.remove()
+        self.hooks = []
 
     def __len__(self) -> int:
-        return len(self.hooks)
+        return len(self._bound)
 
     def __enter__(self) -> Hooks:
         return self

@@ -75,6 +75,8 @@ class RowBatch:
         # their indices where bincount reads them (no cast to a temporary, no concatenation).
         self._layout: dict[int, tuple[int, int]] = {}  # layer -> (start, length)
         self._row: torch.Tensor | None = None
+        self._row_offsets: torch.Tensor | None = None  # per value of self._row: its layer's first bin
+        self._slices: dict[int, torch.Tensor] = {}  # each layer's part of self._row (views made once)
         self._in_row: set[int] = set()  # layers whose current indices are in self._row
 
     @property
@@ -93,15 +95,14 @@ class RowBatch:
         x, flat = write_sums(x, values)
         lo, hi = self.ranges[i]
         positions = bin_positions(flat, self.width - 2, lo, hi)
-        start, length = self._layout.get(i, (0, -1))
-        if length == flat.numel():  # the cast writes into the row's buffer
-            idx = self._row[start : start + length]
-            idx.copy_(positions)
+        idx = self._slices.get(i)
+        if idx is not None and idx.numel() == flat.numel():  # the cast writes into the row's buffer (its bins
+            idx.copy_(positions)  # moved at the row's end)
             self._in_row.add(i)
         else:
-            idx = positions.to(self.index_dtype)
+            idx = positions.to(self.index_dtype).add_(i * self.width)  # layer i's bins come after layer i-1's
             self._in_row.discard(i)
-        self.parts[i] = idx.add_(i * self.width)  # layer i's bins come after layer i-1's
+        self.parts[i] = idx
         self.maxima[i] = channel_maxima(x)
         return x.numel(), self.maxima[i].numel()
 
@@ -117,14 +118,20 @@ class RowBatch:
     def _count(self, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """For the waiting layers: fine-bin counts [len(layers), width], dead channels [len(layers)], and
         sums [2, len(layers)] where the hooks did not write them (None here)."""
-        if self._in_row == set(layers) == set(self._layout):  # all wrote into the buffer: count it as it is
-            indices = self._row
+        if self._in_row == set(layers) == set(self._layout):  # all wrote into the buffer: one op moves the
+            indices = self._row.add_(self._row_offsets)  # bins of each layer past the previous layer's
         else:
+            for i in self._in_row:  # written into the buffer, their bins not moved yet
+                self.parts[i].add_(i * self.width)
             indices = torch.cat([self.parts[i] for i in layers])
             # Lay the buffer out for the next rows (rows of one run have the same layers and sizes).
             starts = list(accumulate((self.parts[i].numel() for i in layers), initial=0))
             self._layout = {i: (starts[j], self.parts[i].numel()) for j, i in enumerate(layers)}
             self._row = torch.empty(starts[-1], dtype=self.index_dtype, device=indices.device)
+            self._slices = {i: self._row[start : start + n] for i, (start, n) in self._layout.items()}
+            self._row_offsets = torch.repeat_interleave(
+                torch.tensor([i * self.width for i in layers], dtype=self.index_dtype, device=indices.device),
+                torch.tensor([self.parts[i].numel() for i in layers], device=indices.device))
         self._in_row = set()
         counts = torch.bincount(indices, minlength=self.n_layers * self.width).view(self.n_layers, self.width)
         if len(layers) < self.n_layers:  # some module did not run this step
