@@ -13,7 +13,7 @@ from convscope.errors import RunError
 from convscope.runs.discover import find_runs, runs_under
 from convscope.view.data import finite_list, hist_json, run_json
 
-SERIES = ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio")
+SERIES = ("mean", "std", "near_zero", "negative", "abs_near_zero", "dead", "grad_norm", "update_ratio")
 
 
 def npz(path: Path) -> dict[str, np.ndarray]:

@@ -33,7 +33,9 @@ from convscope.runs.store import read_json, read_jsonl, read_npz
 LAYER_SERIES = {
     "mean": "mean",
     "std": "standard deviation",
-    "near_zero": "share of activations <= 0.05 (fastai's near zero)",
+    "near_zero": "share of activations <= 0.05 (fastai's near zero: every negative value counts)",
+    "negative": "share of activations < 0 (what a ReLU after the layer zeroes)",
+    "abs_near_zero": "share of activations with |x| <= 0.05 (actually near zero)",
     "dead": "share of dead channels (<= 0 for the whole batch)",
     "grad_norm": "gradient norm of the layer's parameters",
     "update_ratio": "update / weight ratio per step",
@@ -175,10 +177,16 @@ def run_json(run_dir: Path, *, steps_have: int = 0, rows_have: int = 0, rows_las
         out["stats"] = {
             "append": at > 0, "start": at, "n": stats.n_steps, "layers": stats.layers, "kinds": stats.kinds,
             "every": stats.every, "bins": stats.bins, "steps": stats.steps[at:].tolist(),
-            **{k: finite_list(getattr(stats, k)[at:]) for k in LAYER_SERIES},
+            **{k: finite_list(_series(stats, k)[at:]) for k in LAYER_SERIES},
             "ran": stats.ran[at:].astype(int).tolist(),
         }
     return out
+
+
+def _series(stats: ActivationStatsData, name: str) -> np.ndarray:
+    """One [steps, layers] series; NaN (drawn as a gap) for one a run written by an older version lacks."""
+    values = getattr(stats, name)
+    return np.full(stats.mean.shape, np.nan) if values is None else values
 
 
 def hist_json(run_dir: Path, layer: str, *, rows_have: int = 0, rows_last: int | None = None,

@@ -6,7 +6,9 @@
   const SERIES = [  // per-layer curves: [key, title, as a percentage, log y axis]
     ["mean", "mean", false, false],
     ["std", "standard deviation", false, false],
-    ["near_zero", "% of activations <= 0.05 (fastai's near zero)", true, false],
+    ["near_zero", "% of activations <= 0.05 (fastai's near zero: every negative value counts)", true, false],
+    ["negative", "% of activations < 0 (what a ReLU after the layer zeroes)", true, false],
+    ["abs_near_zero", "% of activations with |x| <= 0.05 (actually near zero)", true, false],
     ["dead", "% of channels dead (<= 0 for the whole batch)", true, false],
     ["grad_norm", "gradient norm of the layer's parameters (log scale: a zero is not drawn)", false, true],
     ["update_ratio", "update / weight ratio per step (log scale: a zero is not drawn)", false, true],
