@@ -250,3 +250,17 @@ def test_the_learner_callback_alone_writes_its_findings(mnist_tensors, tmp_path)
     table = text.tensor_proto.string_val[0].decode().splitlines()
     assert table[0] == "| severity | rule | layer | steps | evidence | remedy |" and len(table) >= 3
     assert all(row.split(" | ")[0].lstrip("| ") in ("high", "medium", "low", "info") for row in table[2:])
+
+
+def test_a_resumed_run_replaces_what_the_interrupted_one_wrote_after_its_checkpoint(tmp_path):
+    """RunEvents(purge_step=5): TensorBoard drops the first writer's steps >= 5, so no step is doubled."""
+    from convscope.tensorboard import RunEvents
+
+    first = RunEvents(tmp_path)
+    first.add_steps({"step": np.arange(10), "loss": np.full(10, 1.0)})
+    first.close()
+    resumed = RunEvents(tmp_path, purge_step=5)
+    resumed.add_steps({"step": np.arange(10), "loss": np.full(10, 2.0)})  # the whole run as it stands
+    resumed.close()
+    events = read_events(tmp_path).Scalars("train/loss")
+    assert [(e.step, e.value) for e in events] == [(k, 1.0) for k in range(5)] + [(k, 2.0) for k in range(5, 10)]
