@@ -80,20 +80,26 @@ def findings_html(findings: Sequence[Finding]) -> str:
 
 def stats_html(stats: ActivationStatsData, figure: bool = True) -> str:
     """What was recorded, the all-layer figure, and each layer's last recorded row."""
-    from convscope.plots.activations import plot_overview
+    from convscope.plots.activations import is_pre_activation, plot_overview
 
     head = (f"<p><b>activation statistics</b>: {len(stats.layers)} layers, {stats.n_steps} recorded steps "
             f"(one in {stats.every}), {stats.bins} histogram bins</p>")
     if stats.n_steps == 0:
         return head
+    # The signed shares (optional fields: None in older run folders), shown where they say something new:
+    # before an activation; after a ReLU nothing is below zero and |x| <= 0.05 is fastai's near zero.
+    signed = [(name, getattr(stats, name, None)) for name in ("abs_near_zero", "negative")]
+    signed = [(name, values) for name, values in signed if values is not None]
     rows = []
     for i, (layer, kind) in enumerate(zip(stats.layers, stats.kinds)):
         lo, hi = stats.hist_range[i]
+        shares = [f"{100 * values[-1, i]:.0f}%" if is_pre_activation(stats, i) else "-" for _, values in signed]
         rows.append((layer, kind, stats.mean[-1, i], stats.std[-1, i], f"{100 * stats.near_zero[-1, i]:.0f}%",
-                     f"{100 * stats.dead[-1, i]:.0f}%", stats.grad_norm[-1, i],
+                     *shares, f"{100 * stats.dead[-1, i]:.0f}%", stats.grad_norm[-1, i],
                      f"[{lo:g}, {hi:g}]" if hi > lo else "-"))
-    table = _table(("layer", "kind", "mean", "std", "near zero (<= 0.05)", "dead channels", "grad norm",
-                    "histogram range"), rows)
+    titles = {"abs_near_zero": "|x| <= 0.05", "negative": "x < 0"}
+    table = _table(("layer", "kind", "mean", "std", "near zero (<= 0.05, fastai's)",
+                    *(titles[name] for name, _ in signed), "dead channels", "grad norm", "histogram range"), rows)
     fig = figure_html(lambda: plot_overview(stats), "all layers") if figure else ""
     return head + fig + f"<p>last recorded step ({int(stats.steps[-1])}):</p>" + table
 
