@@ -68,6 +68,7 @@ def main() -> None:
     if info.is_main:
         d = stats.data
         np.savez(out / "ddp.npz", mean=d.mean[0], std=d.std[0], near_zero=d.near_zero[0], dead=d.dead[0],
+                 negative=d.negative[0], abs_near_zero=d.abs_near_zero[0], hist_range=d.hist_range,
                  hist=d.hist[0], grad_norm=d.grad_norm[0], steps=d.steps, dead_check=np.array(dead),
                  gns=np.array([gns.g2_small[0], gns.g2_big[0], gns.b_small[0], gns.b_big[0]]),
                  **{f"w.{k}": v.numpy() for k, v in model.state_dict().items()})

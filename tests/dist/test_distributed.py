@@ -58,15 +58,20 @@ def plain_first_step(mnist, global_bs: int) -> dict[str, np.ndarray]:
     opt.step()
     for h in handles:
         h.remove()
-    ref: dict[str, list] = {"mean": [], "std": [], "near_zero": [], "dead": [], "hist": []}
-    for name, _ in layers:
+    ref: dict[str, list] = {"mean": [], "std": [], "near_zero": [], "dead": [], "hist": [], "negative": [],
+                            "abs_near_zero": []}
+    for name, module in layers:
         o = outputs[name].double()
         ref["mean"].append(float(o.mean()))
         ref["std"].append(float(o.std()))
         ref["near_zero"].append(float((o < 0.05).double().mean()))
         per_channel = o.amax(dim=0).reshape(o.shape[1], -1).amax(dim=1) if o.ndim > 1 else o.amax().view(1)
         ref["dead"].append(float((per_channel <= 0).double().mean()))
-        ref["hist"].append(torch.histc(o.float(), 40, 0.0, 10.0).numpy())
+        ref["negative"].append(float((o < 0).double().mean()))
+        ref["abs_near_zero"].append(float((o.abs() <= 0.05).double().mean()))
+        # the default ranges: fastai's [0, 10] after a ReLU, [-5, 5] elsewhere
+        lo, hi = (0.0, 10.0) if isinstance(module, torch.nn.ReLU) else (-5.0, 5.0)
+        ref["hist"].append(torch.histc(o.float(), 40, lo, hi).numpy())
     out = {k: np.asarray(v) for k, v in ref.items()}
     out["grad_norm"] = np.asarray(grad_norm)
     out["weights"] = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -85,6 +90,8 @@ def test_two_rank_statistics_equal_one_process_on_the_same_global_batch(tmp_path
     # convolution runs on half batches, so allow a handful of values (2e-5 of 262k is 5).
     np.testing.assert_allclose(ddp["near_zero"], ref["near_zero"], atol=2e-5)
     np.testing.assert_allclose(ddp["dead"], ref["dead"], atol=0)
+    np.testing.assert_allclose(ddp["negative"], ref["negative"], atol=2e-5)
+    np.testing.assert_allclose(ddp["abs_near_zero"], ref["abs_near_zero"], atol=2e-5)
     # Counts of 400k values per layer: a value on a bin edge may land one bin over after float rounding.
     assert np.abs(ddp["hist"] - ref["hist"]).max() <= 2
     np.testing.assert_allclose(ddp["grad_norm"], ref["grad_norm"], rtol=1e-4)

@@ -74,8 +74,10 @@ def run_copy(trained, tmp_path) -> Callable[..., Path]:
         if layers is not None or rename:
             data = ActivationStatsData.load(dst / "stats.npz")
             idx = [data.index(n) for n in (layers or data.layers)]
-            for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio", "hist", "ran", "frozen"):
-                setattr(data, name, getattr(data, name)[:, idx])
+            for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio", "hist", "ran", "frozen",
+                         "negative", "abs_near_zero"):
+                if getattr(data, name) is not None:
+                    setattr(data, name, getattr(data, name)[:, idx])
             data.hist_range = data.hist_range[idx]
             if getattr(data, "kinds", None):
                 data.kinds = [data.kinds[i] for i in idx]

@@ -36,7 +36,9 @@ def fastai_stats(o: torch.Tensor, bins=40, lo=0.0, hi=10.0) -> dict[str, object]
     o = o.float()
     channels = o.transpose(0, 1).reshape(o.shape[1], -1)
     return {"mean": o.mean().item(), "std": o.std().item(), "near_zero": (o <= 0.05).float().mean().item(),
-            "hist": torch.histc(o, bins, lo, hi).numpy(), "dead": (channels <= 0).all(dim=1).float().mean().item()}
+            "hist": torch.histc(o, bins, lo, hi).numpy(), "dead": (channels <= 0).all(dim=1).float().mean().item(),
+            # not fastai's: the share below zero and the share actually near zero
+            "negative": (o < 0).float().mean().item(), "abs_near_zero": (o.abs() <= 0.05).float().mean().item()}
 
 
 def record_one_batch(model: nn.Module, x: torch.Tensor, rows: str = "auto", **kwargs) -> StatsCollector:
@@ -49,7 +51,7 @@ def record_one_batch(model: nn.Module, x: torch.Tensor, rows: str = "auto", **kw
     elif rows == "device":
         b = collector._batch
         assert b is not None, "these settings take the per-layer path on every device"
-        collector._batch = DeviceRowBatch(b.n_layers, b.bins, b.fine, b.lo, b.hi)
+        collector._batch = DeviceRowBatch(b.bins, b.ranges, collector.layouts)
     collector.attach()
     collector.begin_step(0)
     model(x)  # a training pass (grad enabled): passes under no_grad are not recorded
@@ -65,13 +67,17 @@ def batch(mnist_tensors):
 
 
 @pytest.mark.parametrize("bn", [True, False])
-@pytest.mark.parametrize("hist_range", [(0.0, 10.0), "signed"])
+@pytest.mark.parametrize("hist_range", ["auto", (0.0, 10.0), "signed", (0.0, 7.0)])
 def test_one_batch_matches_plain_pytorch(batch, bn, hist_range):
     torch.manual_seed(0)
     model = simple_cnn(bn=bn).train()
     xb, _ = batch
-    lo, hi = (-10.0, 10.0) if hist_range == "signed" else hist_range
     data = record_one_batch(model, xb, hist_range=hist_range).data()
+    # "auto": fastai's [0, 10] after a ReLU, [-5, 5] before it (so a conv's negative half is counted)
+    kinds = {"auto": {"ReLU": (0.0, 10.0), "Conv2d": (-5.0, 5.0), "BatchNorm2d": (-5.0, 5.0), "Linear": (-5.0, 5.0)}}
+    ranges = [kinds["auto"].get(k) if hist_range == "auto" else (-10.0, 10.0) if hist_range == "signed"
+              else hist_range for k in data.kinds]
+    np.testing.assert_array_equal(data.hist_range, ranges)
     # BatchNorm in train mode updates running stats: rerun from the same state for the reference.
     torch.manual_seed(0)
     ref_model = simple_cnn(bn=bn).train()
@@ -79,11 +85,17 @@ def test_one_batch_matches_plain_pytorch(batch, bn, hist_range):
         ref = reference_outputs(ref_model, xb)
     assert data.layers == [n for n in ref if n != "flatten"]
     for i, name in enumerate(data.layers):
+        lo, hi = ranges[i]
         expected = fastai_stats(ref[name], lo=lo, hi=hi)
         n = ref[name].numel()
         assert data.mean[0, i] == pytest.approx(expected["mean"], rel=1e-5, abs=1e-6), name
         assert data.std[0, i] == pytest.approx(expected["std"], rel=1e-4), name
         assert data.near_zero[0, i] == pytest.approx(expected["near_zero"], abs=2 / n), name
+        assert data.negative[0, i] == pytest.approx(expected["negative"], abs=2 / n), name
+        if lo > -0.05 and expected["negative"] > 0:  # no bin edge at -0.05 to count from: documented as unknown
+            assert np.isnan(data.abs_near_zero[0, i]), name
+        else:
+            assert data.abs_near_zero[0, i] == pytest.approx(expected["abs_near_zero"], abs=2 / n), name
         assert data.dead[0, i] == pytest.approx(expected["dead"]), name
         # Counts agree up to values lying within float rounding of a bin edge.
         assert np.abs(data.hist[0, i] - expected["hist"]).max() <= max(2, 1e-5 * n), name
@@ -211,7 +223,7 @@ def test_memory_stays_bounded_for_a_200_epoch_step_count():
     collector.attach()
     x = torch.randn(2, 1, 8, 8)
     layers, bins = len(collector.layers), collector.bins
-    bound = 512 * layers * (4 * 8 + 2 * 4 + 2 + 4 * bins) + 512 * 8  # documented in stats/buffer.py
+    bound = 512 * layers * (6 * 8 + 2 * 4 + 2 + 4 * bins) + 512 * 8  # documented in stats/buffer.py
     total = 200 * 117
     for step in range(total):
         if collector.begin_step(step):

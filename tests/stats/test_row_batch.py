@@ -31,9 +31,9 @@ def test_the_batched_row_equals_the_per_layer_row_on_real_mnist(mnist_tensors, c
     per_layer = record_one_batch(model, x, rows="per_layer", sample=sample)
     device_rows = record_one_batch(model, x, rows="device", sample=sample)
     a, b, c = batched.data(), per_layer.data(), device_rows.data()
-    for name in ("mean", "std", "near_zero", "dead", "hist"):
+    for name in ("mean", "std", "near_zero", "dead", "hist", "negative", "abs_near_zero"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    for name in ("near_zero", "dead", "hist"):  # counts: the same arithmetic, the same bins
+    for name in ("near_zero", "dead", "hist", "negative", "abs_near_zero"):  # counts: the same arithmetic and bins
         np.testing.assert_array_equal(getattr(c, name), getattr(b, name), err_msg=name)
     # Sums, against the same outputs' float64 statistics (the device row adds in float64): within 1e-5
     # of each layer's rms; a value counted in the wrong layer's segment would be off by far more.
@@ -111,7 +111,8 @@ def test_later_rows_equal_the_per_layer_path_too(mnist_tensors, rows, sample):
 
 def test_other_ranges_keep_the_per_layer_path():
     model = simple_cnn()
-    assert StatsCollector(model, hist_range="signed")._batch is None  # no fine bin edge at 0.05
+    assert StatsCollector(model, hist_range=(0.0, 7.0))._batch is None  # no fine bin edge at 0.05
+    assert StatsCollector(model, hist_range=(0.5, 10.5))._batch is None  # no edge at 0
     assert StatsCollector(model, hist_range="adaptive")._batch is None  # one range per layer
     assert StatsCollector(model, with_hist=False)._batch is None
 
@@ -142,7 +143,7 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
     collector = StatsCollector(model, sample=None, modules=["conv", "act", "spare"])
     assert collector._batch is not None and collector.layers == ["conv", "act", "spare"]
     b = collector._batch
-    collector._batch = kind(b.n_layers, b.bins, b.fine, b.lo, b.hi)
+    collector._batch = kind(b.bins, b.ranges, collector.layouts)
     collector.attach()
     for step, use_spare in enumerate([True, False]):
         model.use_spare = use_spare
@@ -161,7 +162,9 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
         for i, out in enumerate([conv, second[use_spare], spare]):
             if i == 2 and not use_spare:
                 continue  # `spare` did not run: its row keeps what the buffer held (checked below)
-            expected = fastai_stats(out)
+            expected = fastai_stats(out, 40, *data.hist_range[i])
+            assert data.negative[row, i] == pytest.approx(expected["negative"], abs=2 / out.numel())
+            assert data.abs_near_zero[row, i] == pytest.approx(expected["abs_near_zero"], abs=2 / out.numel())
             assert data.mean[row, i] == pytest.approx(expected["mean"], rel=1e-5, abs=1e-6)
             assert data.std[row, i] == pytest.approx(expected["std"], rel=1e-4)
             assert data.near_zero[row, i] == pytest.approx(expected["near_zero"], abs=2 / out.numel())
@@ -170,7 +173,7 @@ def test_a_module_that_does_not_run_or_runs_twice(mnist_tensors, kind):
     # The per-layer path on the step where `spare` did not run gives the same row for the other layers.
     model.use_spare = False
     per_layer = record_one_batch(model, x, rows="per_layer", modules=["conv", "act", "spare"]).data()
-    for name in ("mean", "std", "near_zero", "dead", "hist"):
+    for name in ("mean", "std", "near_zero", "dead", "hist", "negative", "abs_near_zero"):
         if kind is RowBatch or name not in ("mean", "std"):
             np.testing.assert_array_equal(getattr(data, name)[1, :2], getattr(per_layer, name)[0, :2], err_msg=name)
         else:

@@ -17,7 +17,8 @@ import numpy as np
 from convscope.errors import RunError
 from convscope.runs.store import atomic_save_npz, read_npz
 
-_OPTIONAL = ("kinds", "ran", "frozen", "unseen", "interval")  # absent from files written by older versions
+# absent from files written by older versions
+_OPTIONAL = ("kinds", "ran", "frozen", "unseen", "interval", "negative", "abs_near_zero")
 
 
 @dataclass
@@ -47,6 +48,13 @@ class ActivationStatsData:
     # How every="auto" chose the interval (stats/interval.py): row_ms, step_ms, budget, every. Empty when the
     # interval was given, or the run ended before it was chosen.
     interval: dict[str, float] = field(default_factory=dict)
+    # float [S, L], beside fastai's near_zero (which counts every negative value too, so a healthy conv or
+    # BatchNorm output reads 50-75% "near zero"): the share of values below 0 (what a ReLU after the layer
+    # zeroes) and the share actually near zero, |x| <= 0.05. abs_near_zero is NaN where the layer's histogram
+    # range has no bin edge at -0.05 and the layer had negative values (stats/compute.py). None: a file
+    # written before they were recorded.
+    negative: np.ndarray | None = None
+    abs_near_zero: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.layers = [str(n) for n in self.layers]
@@ -78,7 +86,9 @@ class ActivationStatsData:
         return {"steps": self.steps, "mean": self.mean[:, i], "std": self.std[:, i],
                 "near_zero": self.near_zero[:, i], "dead": self.dead[:, i], "hist": self.hist[:, i],
                 "grad_norm": self.grad_norm[:, i], "update_ratio": self.update_ratio[:, i],
-                "ran": self.ran[:, i], "frozen": self.frozen[:, i], "hist_range": self.hist_range[i]}
+                "ran": self.ran[:, i], "frozen": self.frozen[:, i], "hist_range": self.hist_range[i],
+                **{name: getattr(self, name)[:, i] for name in ("negative", "abs_near_zero")
+                   if getattr(self, name) is not None}}
 
     @property
     def n_steps(self) -> int:
@@ -112,7 +122,7 @@ class ActivationStatsData:
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
-        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
         arrays["layers"] = np.asarray(self.layers, dtype=str)
         arrays["kinds"] = np.asarray(self.kinds, dtype=str)
         arrays["unseen"] = np.asarray(self.unseen, dtype=str).reshape(-1, 2)
@@ -142,6 +152,7 @@ class ActivationStatsData:
         n = len(steps)
         expected = {name: (n, n_layers) for name in ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio")}
         expected["hist_range"] = (n_layers, 2)
+        expected.update({name: (n, n_layers) for name in ("negative", "abs_near_zero") if name in arrays})
         for name, shape in expected.items():
             if arrays[name].shape != shape or arrays[name].dtype.kind not in "iuf":
                 raise RunError(f"{path}: {name} has shape {arrays[name].shape} {arrays[name].dtype}, expected "

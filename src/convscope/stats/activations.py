@@ -49,8 +49,10 @@ class ActivationStats(Callback):
     sample:     compute each recorded row on the first `sample` items of the batch (None: all of them).
                 `every=1, sample=None` records exact statistics at every step. The sampling error of the
                 defaults is measured in tests/stats/test_sampling.py.
-    with_hist:  also record histograms (`bins` bins over `hist_range`; 'signed' = (-10, 10),
-                'adaptive' = per-layer range fixed from the first recorded batch).
+    with_hist:  also record histograms (`bins` bins over `hist_range`: 'auto' = [0, 10] after a ReLU-like
+                activation and [-5, 5] elsewhere, so a conv's negative half shows; (0, 10) = fastai's
+                range for every layer; 'signed' = (-10, 10); 'adaptive' = per-layer range fixed from
+                the first recorded batch).
     modules:    None = every leaf module with parameters plus activation modules; or name patterns,
                 module types or modules.
     max_rows:   bound on the rows kept; past it the rows are thinned evenly (see stats/buffer.py).
@@ -59,7 +61,7 @@ class ActivationStats(Callback):
     order = -20  # open the row before other callbacks run their before_batch
 
     def __init__(self, every: int | str = DEFAULT_EVERY, with_hist: bool = True, bins: int = 40,
-                 hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
+                 hist_range: HistRange = "auto", modules: Iterable[Any] | str | None = None,
                  max_rows: int = 2048, grad_stats: bool = True, sample: int | None = DEFAULT_SAMPLE,
                  budget: float = DEFAULT_BUDGET) -> None:
         check_settings(every, bins, hist_range, budget)

@@ -6,7 +6,7 @@ sync per `block` recorded steps instead of one per statistic per layer per step.
 
 Memory policy: the host keeps at most `max_rows` rows. When that is reached, every other row is dropped
 and the recording interval doubles, so the kept rows stay evenly spaced over the whole run, the most
-recent steps are always kept, and memory stays below max_rows * layers * (4*8 + 2*4 + 2 + 4*bins) bytes
+recent steps are always kept, and memory stays below max_rows * layers * (6*8 + 2*4 + 2 + 4*bins) bytes
 whatever the run's length.
 """
 
@@ -18,7 +18,7 @@ import torch
 from convscope.stats.compute import N_VALUES, finish
 from convscope.stats.reduce import reduce_block
 
-_N_FINISHED = 4  # mean, std, near_zero, dead (see compute.finish)
+_N_FINISHED = 6  # mean, std, near_zero, dead, negative, abs_near_zero (see compute.finish)
 
 
 class StatsBuffer:

@@ -46,13 +46,20 @@ from convscope.dist.context import all_reduce, current
 from convscope.errors import ConfigError
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats.buffer import StatsBuffer
-from convscope.stats.compute import fine_factor, layer_stats
+from convscope.stats.compute import BinLayout, bin_layout, layer_stats
 from convscope.stats.hooks import Hooks, select_modules
 from convscope.stats.interval import AUTO, AUTO_START, DEFAULT_BUDGET, IntervalChooser
 from convscope.stats.row_batch import DeviceRowBatch, RowBatch
 from convscope.stats.unseen import functional_activations
 
 HistRange = tuple[float, float] | str
+# hist_range="auto": [0, 10] (fastai's range) for the outputs of activations that are never negative, and
+# [-5, 5] for every other layer (conv, linear, normalisation, blocks), whose negative half a [0, 10] range
+# would hide. Both split into 200 fine bins of 0.05 with 40 bins, so one row batch counts them all.
+NONNEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+AFTER_ACTIVATION_RANGE = (0.0, 10.0)
+SIGNED_RANGE = (-5.0, 5.0)
+RANGE_NAMES = ("auto", "signed", "adaptive")
 
 
 def check_settings(every: int | str, bins: int, hist_range: HistRange, budget: float = DEFAULT_BUDGET) -> None:
@@ -62,15 +69,15 @@ def check_settings(every: int | str, bins: int, hist_range: HistRange, budget: f
         raise ConfigError(f"budget must be a share of training time between 0 and 1, got {budget!r}")
     check_whole_number("bins", bins)
     if isinstance(hist_range, str):
-        if hist_range not in ("signed", "adaptive"):
-            raise ConfigError(f"hist_range must be (lo, hi), 'signed' or 'adaptive', got {hist_range!r}")
+        if hist_range not in RANGE_NAMES:
+            raise ConfigError(f"hist_range must be (lo, hi), 'auto', 'signed' or 'adaptive', got {hist_range!r}")
     elif len(hist_range) != 2 or not hist_range[0] < hist_range[1]:
         raise ConfigError(f"hist_range must be (lo, hi) with lo < hi, got {hist_range!r}")
 
 
 class StatsCollector:
     def __init__(self, model: nn.Module, every: int | str = 1, with_hist: bool = True, bins: int = 40,
-                 hist_range: HistRange = (0.0, 10.0), modules: Iterable[Any] | str | None = None,
+                 hist_range: HistRange = "auto", modules: Iterable[Any] | str | None = None,
                  max_rows: int = 2048, block: int = 64, grad_stats: bool = True, sample: int | None = None,
                  budget: float = DEFAULT_BUDGET) -> None:
         check_settings(every, bins, hist_range, budget)
@@ -83,7 +90,7 @@ class StatsCollector:
         self.with_hist, self.bins, self.grad_stats = with_hist, bins, grad_stats
         self.hist_range = hist_range
         self.ranges = self._initial_ranges(hist_range)
-        self.fine = self._fine_factors()
+        self.layouts = self._layouts()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.across_ranks = current().distributed
         self.buffer = StatsBuffer(len(self.layers), bins if with_hist else 0, device, block, max_rows,
@@ -110,23 +117,26 @@ class StatsCollector:
         """All layers' counts of a row at once (row_batch.py), where that path applies; else None."""
         if self.across_ranks or not self.with_hist or not self.ranges:
             return None
-        if len(set(self.ranges)) != 1 or not self.fine[0]:
+        if len({layout.fine for layout in self.layouts}) != 1 or not self.layouts[0].fine:
             return None
-        lo, hi = self.ranges[0]
+        if any(layout.zero is None for layout in self.layouts):
+            return None
         if device.type == "cpu":
-            return RowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
+            return RowBatch(self.bins, self.ranges, self.layouts)
         if device.type == "cuda":  # segmented sums and histc: other accelerators may lack them
-            return DeviceRowBatch(len(self.layers), self.bins, self.fine[0], lo, hi)
+            return DeviceRowBatch(self.bins, self.ranges, self.layouts)
         return None
 
     def _initial_ranges(self, hist_range: HistRange) -> list[tuple[float, float]] | None:
         if hist_range == "adaptive":
             return None  # fixed from the first recorded batch
+        if hist_range == "auto":
+            return [AFTER_ACTIVATION_RANGE if isinstance(m, NONNEGATIVE) else SIGNED_RANGE for _, m in self.named]
         lo, hi = (-10.0, 10.0) if hist_range == "signed" else (float(hist_range[0]), float(hist_range[1]))
         return [(lo, hi)] * len(self.layers)
 
-    def _fine_factors(self) -> list[int]:
-        return [fine_factor(self.bins, lo, hi) for lo, hi in self.ranges] if self.ranges else []
+    def _layouts(self) -> list[BinLayout]:
+        return [bin_layout(self.bins, lo, hi) for lo, hi in self.ranges] if self.ranges else []
 
     def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The layers' own parameters, flattened, and which layer each belongs to. Frozen ones too: a layer
@@ -244,8 +254,9 @@ class StatsCollector:
             return
         if self._batch is not None:
             self._batch.forget(i)  # a module called twice: this later call is the one kept
-        b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
-                                       else None, self.bins, lo, hi, self.fine[i], self._channel_max(slot, i, output))
+        hist = b.hist_views[slot][i] if self.with_hist else None
+        b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], hist, self.bins, lo, hi, self.layouts[i],
+                                       self._channel_max(slot, i, output))
 
     def _finish_row(self) -> None:
         """Count the histograms, near-zero values and dead channels of the layers seen in this row."""
@@ -272,11 +283,11 @@ class StatsCollector:
         lo, hi = self._pending_ranges[i]
         b, slot = self.buffer, self.slot
         b.sizes[slot, i] = layer_stats(output, b.value_views[slot][i], b.hist_views[slot][i] if self.with_hist
-                                       else None, self.bins, lo, hi, fine_factor(self.bins, lo, hi),
+                                       else None, self.bins, lo, hi, bin_layout(self.bins, lo, hi),
                                        self._channel_max(slot, i, output))
         if len(self._pending_ranges) == len(self.layers):
             self.ranges = [self._pending_ranges[j] for j in range(len(self.layers))]
-            self.fine = self._fine_factors()
+            self.layouts = self._layouts()
 
     def after_backward(self) -> None:
         self._take_stash()
@@ -412,7 +423,10 @@ class StatsCollector:
             raise ConfigError(f"saved statistics are for layers {data.layers[:3]}..., this model has "
                               f"{self.layers[:3]}...: resume with the same model")
         keep = data.steps < before_step
-        values = np.stack([data.mean, data.std, data.near_zero, data.dead], axis=-1)[keep]
+        unknown = np.full(data.mean.shape, np.nan)  # a run saved before these were recorded
+        negative = unknown if data.negative is None else data.negative
+        abs_near = unknown if data.abs_near_zero is None else data.abs_near_zero
+        values = np.stack([data.mean, data.std, data.near_zero, data.dead, negative, abs_near], axis=-1)[keep]
         grads = np.stack([data.grad_norm, data.update_ratio], axis=-1)[keep]
         self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every, data.ran[keep],
                             data.frozen[keep])
@@ -420,17 +434,18 @@ class StatsCollector:
             self.chooser.measured = dict(data.interval)
         if self.hist_range == "adaptive" and len(data.steps):
             self.ranges = [tuple(r) for r in data.hist_range]
-            self.fine = self._fine_factors()
+            self.layouts = self._layouts()
 
     def data(self) -> ActivationStatsData:
         self.flush()
         b = self.buffer
         n = b.n_rows
-        mean, std, near, dead = (b.h_values[:n, :, j].copy() for j in range(4))
+        mean, std, near, dead, negative, abs_near = (b.h_values[:n, :, j].copy() for j in range(6))
         ranges = self.ranges or [(0.0, 0.0)] * len(self.layers)
         return ActivationStatsData(
             layers=list(self.layers), steps=b.h_steps[:n].copy(), mean=mean, std=std, near_zero=near,
-            dead=dead, hist=b.h_hist[:n].copy(), hist_range=np.asarray(ranges, dtype=np.float64),
+            dead=dead, negative=negative, abs_near_zero=abs_near, hist=b.h_hist[:n].copy(),
+            hist_range=np.asarray(ranges, dtype=np.float64),
             grad_norm=b.h_grads[:n, :, 0].astype(np.float64), update_ratio=b.h_grads[:n, :, 1].astype(np.float64),
             every=b.every, kinds=[type(m).__name__ for _, m in self.named], ran=b.h_ran[:n].copy(),
             frozen=b.h_frozen[:n].copy(), unseen=self._unseen(b.h_ran[:n]),

@@ -4,6 +4,8 @@ Definitions (fastai's ActivationStats, so numbers compare), for an output `o` se
     mean       o.mean()
     std        o.std()                       (unbiased)
     near_zero  (o <= 0.05).float().mean()
+    negative   (o < 0).float().mean()             (not fastai's: the share a ReLU after this layer zeroes)
+    abs_near_zero  (o.abs() <= 0.05).float().mean()   (not fastai's: values actually near zero)
     hist       torch.histc(o, bins, lo, hi)  (values outside [lo, hi] are not counted)
     dead       share of channels (dim 1) whose value is <= 0 for every element of the batch
 
@@ -14,9 +16,12 @@ How it is made fast (the CPU is the hard case; the timings are in docs/measureme
 - std comes from the sum and the sum of squares (a sum and a dot product) instead of the slower o.std():
   var = (sumsq - n mean^2) / (n - 1), evaluated in float64 on the host when the block is read. Sums also
   combine over processes by plain addition (reduce.py).
-- With the default range [0, 10] and 40 bins, the indices are 5x finer than the bins, so that the first
-  fine bin is [0, 0.05): near_zero then falls out of the same bincount, with no extra pass. (A value
-  of exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.)
+- The bin indices are finer than the bins (5x for 40 bins over [0, 10] or [-5, 5]), so that fine-bin
+  edges fall at -0.05, 0 and 0.05 (`BinLayout`): near_zero, negative and abs_near_zero then fall out of
+  the same counts (a cumulative sum read at those edges), with no extra pass over the values. (A value of
+  exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.) A
+  range without those edges counts near_zero and negative with one pass each; abs_near_zero then needs
+  the edge at -0.05, unless the layer has no negative value (see `finish`).
 - Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
   (channels_last, 8 channels) is much slower than over a long one, so `channel_maxima` folds rows together
   first; see there.
@@ -25,6 +30,8 @@ Nothing here reads a value back to the host: results are written into the caller
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -32,19 +39,51 @@ NEAR_ZERO = 0.05
 # Columns of the per-step device buffer (float32): sums and counts only, so that rows of several processes
 # add up (reduce.py). The element and channel counts need no device work: the caller keeps them on the
 # host (see buffer.py), and `finish` turns sums and counts into statistics.
-SUM, SUM_SQ, NEAR_ZERO_COUNT, DEAD_COUNT = range(4)
-N_VALUES = 4
+SUM, SUM_SQ, NEAR_ZERO_COUNT, DEAD_COUNT, NEGATIVE_COUNT, ABS_NEAR_ZERO_COUNT = range(6)
+N_VALUES = 6
+
+
+@dataclass(frozen=True)
+class BinLayout:
+    """How one layer's values are binned: `fine` sub-bins per histogram bin (0: none, count by passes), and
+    the fine-bin edges at NEAR_ZERO, 0 and -NEAR_ZERO as positions in the counts [below lo, fine bins...,
+    above hi], where the cumulative count up to position m is the number of values below that edge."""
+
+    fine: int
+    near: int | None = None
+    zero: int | None = None
+    negative_near: int | None = None
+
+    @property
+    def edges(self) -> tuple[int, int, int]:
+        """The three positions for a gather (0 where an edge is missing: its column is not read)."""
+        return (self.near or 0, self.zero or 0, self.negative_near or 0)
+
+
+MAX_FINE_BINS = 1024  # fine bins of a layer at most: more would make counting cost more than a pass saves
+
+
+def bin_layout(bins: int, lo: float, hi: float) -> BinLayout:
+    """The split of `bins` bins over [lo, hi] into 0.05-wide sub-bins with an edge at 0.05; fine 0 when
+    there is none (within MAX_FINE_BINS)."""
+    width = (hi - lo) / bins
+    for k in range(1, MAX_FINE_BINS // bins + 1):
+        if abs(width / k - NEAR_ZERO) < 1e-9:
+            near = _edge(NEAR_ZERO, lo, hi, NEAR_ZERO)
+            if near is not None:
+                return BinLayout(k, near, _edge(0.0, lo, hi, NEAR_ZERO), _edge(-NEAR_ZERO, lo, hi, NEAR_ZERO))
+    return BinLayout(0)
+
+
+def _edge(at: float, lo: float, hi: float, fine_width: float) -> int | None:
+    """The position of a fine-bin edge at `at`, if one lies in [lo, hi]."""
+    m = (at - lo) / fine_width
+    return int(round(m)) if lo <= at <= hi and abs(m - round(m)) < 1e-6 else None
 
 
 def fine_factor(bins: int, lo: float, hi: float) -> int:
     """Sub-bins per bin so that a sub-bin edge falls at NEAR_ZERO; 0 when that is impossible here."""
-    if lo != 0.0:
-        return 0
-    width = (hi - lo) / bins
-    for k in range(1, 8):
-        if abs(width / k - NEAR_ZERO) < 1e-9 and bins * k + 2 <= 256:
-            return k
-    return 0
+    return bin_layout(bins, lo, hi).fine
 
 
 def channels_innermost(x: torch.Tensor) -> bool:
@@ -141,23 +180,33 @@ def write_sums(x: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch
 
 
 def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.Tensor | None,
-                bins: int, lo: float, hi: float, fine: int,
+                bins: int, lo: float, hi: float, layout: BinLayout,
                 channel_max: torch.Tensor | None = None) -> tuple[int, int]:
     """Write the statistics of activation `x` into `values` (one 0-d view per column, indexed by SUM,
     SUM_SQ, ...: views made once, since indexing costs as much as a small op) and `hist` (int64, `bins`).
 
-    `fine` is `fine_factor(bins, lo, hi)` (computed once per layer by the caller). Returns the number of
+    `layout` is `bin_layout(bins, lo, hi)` (made once per layer by the caller). Returns the number of
     elements and of channels, which the caller keeps on the host. `channel_max`, if given, receives each
     channel's largest value: what processes combine to count dead channels (reduce.py).
     """
     x, flat = write_sums(x, values)
+    counts = None
     if hist is not None:
-        counts = histogram(flat, bins, lo, hi, max(fine, 1))
+        counts = histogram(flat, bins, lo, hi, max(layout.fine, 1))
         torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)
-    if hist is not None and fine:
-        values[NEAR_ZERO_COUNT].copy_(counts[:2].sum())  # below 0 and [0, 0.05)
+    below = counts.cumsum(0) if counts is not None and layout.fine else None  # values below each fine edge
+    if below is not None:
+        values[NEAR_ZERO_COUNT].copy_(below[layout.near])
     else:
         values[NEAR_ZERO_COUNT].copy_(flat.le(NEAR_ZERO).sum())
+    if below is not None and layout.zero is not None:
+        values[NEGATIVE_COUNT].copy_(below[layout.zero])
+    else:
+        values[NEGATIVE_COUNT].copy_(flat.lt(0).sum())
+    if below is not None and layout.negative_near is not None:
+        values[ABS_NEAR_ZERO_COUNT].copy_(below[layout.near] - below[layout.negative_near])
+    else:  # no edge at -0.05 to count from: known only where nothing is negative (see finish)
+        values[ABS_NEAR_ZERO_COUNT].fill_(float("nan"))
     per_channel = channel_maxima(x)
     values[DEAD_COUNT].copy_(per_channel.le(0).sum())
     if channel_max is not None:
@@ -166,7 +215,12 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
 
 
 def finish(values, sizes):
-    """Host-side: buffer columns and (elements, channels) per entry -> (mean, std, near_zero, dead)."""
+    """Host-side: buffer columns and (elements, channels) per entry -> (mean, std, near_zero, dead, negative,
+    abs_near_zero).
+
+    abs_near_zero is NaN in the buffer where the layer's bins have no edge at -0.05 (e.g. the range
+    [0, 10] of a layer after a ReLU): where such a layer has no negative value, |x| <= 0.05 is x <= 0.05,
+    so it is near_zero; where it has some, it stays NaN (unknown with that range)."""
     v = np.asarray(values, dtype=np.float64)
     n = np.asarray(sizes[..., 0], dtype=np.float64)
     channels = np.asarray(sizes[..., 1], dtype=np.float64)
@@ -176,4 +230,7 @@ def finish(values, sizes):
         std = np.sqrt(np.clip(var, 0, None))
         near = v[..., NEAR_ZERO_COUNT] / n
         dead = v[..., DEAD_COUNT] / channels
-    return mean, std, near, dead
+        negative = v[..., NEGATIVE_COUNT] / n
+        abs_near = v[..., ABS_NEAR_ZERO_COUNT] / n
+    abs_near = np.where(np.isnan(abs_near) & (v[..., NEGATIVE_COUNT] == 0), near, abs_near)
+    return mean, std, near, dead, negative, abs_near

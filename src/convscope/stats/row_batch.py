@@ -20,8 +20,10 @@ DeviceRowBatch (one process on a GPU): there the element work is nearly free and
     positive values (a channel with none is dead). The launches per recorded row that this saves, as
     benchmarks/gpu_breakdown.py counted them: docs/measurements.md#stats-row-batch.
 
-Used for the common case only: one process, histograms on, the same fixed range for every layer with a
-fine bin edge at 0.05 (the default range (0, 10)). Other settings keep the per-layer path.
+Used for the common case only: one process, histograms on, fixed ranges whose fine bins are all as many
+and have edges at 0 and 0.05 (the default ranges, [0, 10] after a ReLU and [-5, 5] elsewhere, with 40
+bins: 200 fine bins of 0.05 each, so one scale for all layers and a shift per layer). Other settings keep
+the per-layer path.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ from itertools import accumulate
 import torch
 
 from convscope.stats.compute import (
+    ABS_NEAR_ZERO_COUNT,
     DEAD_COUNT,
     NEAR_ZERO_COUNT,
+    NEGATIVE_COUNT,
     SUM,
     SUM_SQ,
+    BinLayout,
     bin_positions,
     channel_maxima,
     channels_innermost,
@@ -51,10 +56,17 @@ class RowBatch:
     # (measured with sample=None: docs/measurements.md#stats-row-batch).
     max_elements: int | None = 1 << 18
 
-    def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
-        self.n_layers, self.bins, self.fine, self.lo, self.hi = n_layers, bins, fine, lo, hi
-        self.width = bins * fine + 2  # a layer's fine bins, with under- and overflow
-        self.index_dtype = torch.int16 if n_layers * self.width <= torch.iinfo(torch.int16).max else torch.int32
+    def __init__(self, bins: int, ranges: list[tuple[float, float]], layouts: list[BinLayout]) -> None:
+        """One (lo, hi) and `compute.bin_layout` per layer; all layouts with the same `fine` and an edge at 0."""
+        assert len({layout.fine for layout in layouts}) == 1 and all(lt.zero is not None for lt in layouts)
+        self.n_layers, self.bins, self.fine, self.ranges = len(ranges), bins, layouts[0].fine, ranges
+        self.width = bins * self.fine + 2  # a layer's fine bins, with under- and overflow
+        # Where each layer's counts are read: values below 0.05, below 0, below -0.05 (see compute.BinLayout);
+        # and which layers have the edge at -0.05 (the others' abs_near_zero is settled on the host).
+        self._edges_host = [layout.edges for layout in layouts]
+        self._abs_known_host = [layout.negative_near is not None for layout in layouts]
+        self._edges: dict[str, torch.Tensor] = {}
+        self.index_dtype = torch.int16 if self.n_layers * self.width <= torch.iinfo(torch.int16).max else torch.int32
         self.parts: dict[int, torch.Tensor] = {}  # what each layer's hook left for the row's end
         self.maxima: dict[int, torch.Tensor] = {}
         self._channel_owner: dict[tuple[int, ...], torch.Tensor] = {}
@@ -79,7 +91,8 @@ class RowBatch:
         Returns (elements, channels), as compute.layer_stats does. A layer seen twice in one step (a
         module called twice) keeps its last call, as in the per-layer path."""
         x, flat = write_sums(x, values)
-        positions = bin_positions(flat, self.width - 2, self.lo, self.hi)
+        lo, hi = self.ranges[i]
+        positions = bin_positions(flat, self.width - 2, lo, hi)
         start, length = self._layout.get(i, (0, -1))
         if length == flat.numel():  # the cast writes into the row's buffer
             idx = self._row[start : start + length]
@@ -127,8 +140,16 @@ class RowBatch:
         layers = sorted(self.parts)
         counts, dead, sums = self._count(layers)
         coarse = counts[:, 1:-1].reshape(len(layers), self.bins, self.fine).sum(dim=2)
-        near = counts[:, :2].sum(dim=1)  # below 0 and [0, 0.05): the first fine bin ends at 0.05
-        new = {NEAR_ZERO_COUNT: near.float(), DEAD_COUNT: dead.float()}
+        edges, abs_known = self._edge_index(counts.device)
+        if len(layers) < self.n_layers:
+            rows = self._row_index(layers, counts.device)
+            edges, abs_known = edges.index_select(0, rows), abs_known.index_select(0, rows)
+        # Values below 0.05, below 0 and below -0.05, per layer: one cumulative sum, read at each layer's edges.
+        below = counts.cumsum(dim=1).gather(1, edges).float()
+        near, negative = below[:, 0], below[:, 1]
+        abs_near = torch.where(abs_known, near - below[:, 2], float("nan"))
+        new = {NEAR_ZERO_COUNT: near, DEAD_COUNT: dead.float(), NEGATIVE_COUNT: negative,
+               ABS_NEAR_ZERO_COUNT: abs_near}
         if sums is not None:
             new[SUM], new[SUM_SQ] = sums[0], sums[1]
         if len(layers) == self.n_layers:
@@ -144,6 +165,12 @@ class RowBatch:
             for c, column in new.items():
                 values[:, c].index_copy_(0, rows, column)
         self.parts, self.maxima = {}, {}
+
+    def _edge_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if "edges" not in self._edges:  # made once: a host-to-device copy syncs on a GPU
+            self._edges["edges"] = torch.tensor(self._edges_host, dtype=torch.long, device=device)
+            self._edges["abs_known"] = torch.tensor(self._abs_known_host, device=device)
+        return self._edges["edges"], self._edges["abs_known"]
 
     def _row_index(self, layers: list[int], device: torch.device) -> torch.Tensor:
         key = tuple(layers)
@@ -164,8 +191,8 @@ class DeviceRowBatch(RowBatch):
 
     max_elements = None  # copying a large output costs a GPU little; every layer joins the row
 
-    def __init__(self, n_layers: int, bins: int, fine: int, lo: float, hi: float) -> None:
-        super().__init__(n_layers, bins, fine, lo, hi)
+    def __init__(self, bins: int, ranges: list[tuple[float, float]], layouts: list[BinLayout]) -> None:
+        super().__init__(bins, ranges, layouts)
         # Per layer: (elements, channels, elements per channel block): in memory order the channel of
         # value j is (j // block) % channels (block 1 when channels are innermost).
         self.shapes: dict[int, tuple[int, int, int]] = {}
@@ -198,10 +225,13 @@ class DeviceRowBatch(RowBatch):
         c = plan.n_channels
         positive = torch.histc(torch.where(flat > 0, plan.channel_pos, -1.0), c, 0, c)
         dead = torch.segment_reduce(positive.eq(0).float(), "sum", offsets=plan.channel_offsets, unsafe=True)
-        # Value bins: compute.bin_positions' arithmetic, in place on the row's own copy, each layer's bins
-        # moved past the previous layer's; bin_start's +0.5 puts every value in the middle of its unit-wide
-        # bin, so histc's rounding cannot move it.
-        idx = bin_positions(flat, self.width - 2, self.lo, self.hi, out=flat).floor_().add_(plan.bin_start)
+        # Value bins: compute.bin_positions' arithmetic (one scale for all layers, each layer's own shift), in
+        # place on the row's own copy, each layer's bins moved past the previous layer's; bin_start's +0.5
+        # puts every value in the middle of its unit-wide bin, so histc's rounding cannot move it.
+        n = self.width - 2
+        lo, hi = self.ranges[layers[0]]
+        idx = torch.add(plan.shift, flat, alpha=n / (hi - lo), out=flat).clamp_(0, n + 1)
+        idx.floor_().add_(plan.bin_start)
         total = len(layers) * self.width
         counts = torch.histc(idx, total, 0, total).view(len(layers), self.width)
         self.shapes = {}
@@ -211,15 +241,18 @@ class DeviceRowBatch(RowBatch):
         shapes = tuple(self.shapes[i] for i in layers)
         key = (tuple(layers), shapes)
         if key not in self._plans:  # once per set of layer shapes: these host-to-device copies sync on a GPU
-            bin_start, channel_pos, first = [], [], 0
-            for j, (n, c, block) in enumerate(shapes):
+            bin_start, channel_pos, shift, first = [], [], [], 0
+            for j, (n, c, block) in zip(layers, shapes):
                 local = torch.arange(n, device=device).div(block, rounding_mode="floor").remainder(c)
                 channel_pos.append(local.float() + (first + 0.5))
-                bin_start.append(torch.full((n,), j * self.width + 0.5, device=device))
+                bin_start.append(torch.full((n,), len(bin_start) * self.width + 0.5, device=device))
+                lo, hi = self.ranges[j]
+                # the float32 shift compute.bin_positions uses for this layer's range
+                shift.append(torch.full((n,), 1.0 - lo * ((self.width - 2) / (hi - lo)), device=device))
                 first += c
             self._plans[key] = _RowPlan(
                 offsets=torch.tensor([0] + [n for n, _, _ in shapes], device=device).cumsum(0),
-                bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos),
+                bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos), shift=torch.cat(shift),
                 channel_offsets=torch.tensor([0] + [c for _, c, _ in shapes], device=device).cumsum(0),
                 n_channels=first)
         return self._plans[key]
@@ -229,10 +262,12 @@ class DeviceRowBatch(RowBatch):
 class _RowPlan:
     """Index tensors for one set of layer shapes (DeviceRowBatch): where each layer's values start in the
     concatenated row, each value's first bin (+0.5), each value's channel (+0.5, numbered across the
-    layers), and where each layer's channels start."""
+    layers), each value's bin shift (its layer's range: compute.bin_positions), and where each layer's
+    channels start."""
 
     offsets: torch.Tensor
     bin_start: torch.Tensor
     channel_pos: torch.Tensor
+    shift: torch.Tensor
     channel_offsets: torch.Tensor
     n_channels: int

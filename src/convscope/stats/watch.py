@@ -66,7 +66,7 @@ TENSORBOARD_EVERY = 50  # steps between TensorBoard writes: a step count, so eve
 
 class Watch:
     def __init__(self, model: nn.Module, run_dir: str | Path | None = None, every: int | str = DEFAULT_EVERY,
-                 with_hist: bool = True, bins: int = 40, hist_range: HistRange = (0.0, 10.0),
+                 with_hist: bool = True, bins: int = 40, hist_range: HistRange = "auto",
                  modules: Iterable[Any] | str | None = None, max_rows: int = 2048,
                  config: dict[str, Any] | None = None, scaler: Any = None, grad_stats: bool = True,
                  sample: int | None = DEFAULT_SAMPLE, budget: float = DEFAULT_BUDGET,
