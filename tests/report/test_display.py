@@ -12,9 +12,11 @@ import io
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 from PIL import Image
 
 from convscope import load_run
+from convscope.diagnose import diagnose
 
 
 class Page(HTMLParser):
@@ -58,3 +60,23 @@ def test_a_run_shows_its_metrics_findings_and_figures(trained):
         assert finding["rule"] in page.cells and finding["remedy"] in page.cells
     # the loss figure (13 x 4 in) and the all-layer figure (13 in wide) at 72 dpi
     assert [im.size[0] for im in page.images] == [13 * 72, 13 * 72] and page.images[0].size[1] == 4 * 72
+
+
+def test_statistics_show_each_layers_last_row(stats, trained):
+    with np.load(trained.run_dir / "stats.npz") as npz:
+        layers, mean, near = [str(n) for n in npz["layers"]], npz["mean"], npz["near_zero"]
+    page = Page(stats._repr_html_())
+    for j, layer in enumerate(layers):
+        k = page.cells.index(layer)
+        assert page.cells[k + 2] == f"{mean[-1, j]:.4g}"
+        assert page.cells[k + 4] == f"{100 * near[-1, j]:.0f}%"
+    assert len(page.images) == 1
+
+
+def test_findings_show_as_a_table_and_run_text_is_escaped(run_copy):
+    run = load_run(run_copy(layers=["conv1.conv", "conv1.act"], rename={"conv1.act": "<script>x</script>"}))
+    findings = diagnose(run)
+    page = Page(findings._repr_html_())
+    assert [c for c in page.cells[6::6]] == [f.severity for f in findings]
+    stats_page = Page(run.activation_stats._repr_html_())
+    assert stats_page.scripts == 0 and "<script>x</script>" in stats_page.cells

@@ -81,13 +81,36 @@ def test_plot_layer_combines_the_three_on_shared_steps(stats):
     assert f"range [{lo:g}, {hi:g}]" in fig.axes[3].get_title()  # the histogram says what it covers
 
 
-def test_a_histogram_of_a_pre_activation_layer_over_0_10_says_what_it_leaves_out(stats):
-    """A conv output is signed: a [0, 10] histogram (older runs) does not count its negative half, and says so."""
+def test_each_histogram_states_its_range_and_what_a_0_10_range_leaves_out_of_a_signed_layer(stats):
+    """The default range is signed before an activation ([-5, 5]) and [0, 10] after a ReLU; each figure says
+    which. A conv output over [0, 10] (fastai's range, and runs recorded before) leaves out its negative half,
+    and says so."""
     i = stats.index("conv2.conv")
-    assert stats.kinds[i] == "Conv2d" and tuple(stats.hist_range[i]) == (0.0, 10.0)
-    title = plots.color_dim(stats, "conv2.conv").axes[0].get_title()
+    assert stats.kinds[i] == "Conv2d" and tuple(stats.hist_range[i]) == (-5.0, 5.0)
+    assert tuple(stats.hist_range[stats.index(LAYER)]) == (0.0, 10.0)
+    assert "range [-5, 5] " in plots.color_dim(stats, "conv2.conv").axes[0].get_title()
+    relu = plots.color_dim(stats, LAYER).axes[0].get_title()
+    assert "range [0, 10] " in relu and "not counted" not in relu  # a ReLU's output is >= 0
+    fastai_range = stats.hist_range.copy()
+    fastai_range[i] = (0.0, 10.0)
+    title = plots.color_dim(dataclasses.replace(stats, hist_range=fastai_range), "conv2.conv").axes[0].get_title()
     assert "range [0, 10], values below 0 not counted" in title
-    assert "not counted" not in plots.color_dim(stats, LAYER).axes[0].get_title()  # a ReLU's output is >= 0
+
+
+def test_a_pre_activation_layer_shows_the_shares_below_and_near_zero_beside_fastais(stats):
+    """conv2.bn: fastai's near zero, |x| <= 0.05 and x < 0, each drawn from its own recorded array and named."""
+    i = stats.index("conv2.bn")
+    fig = plots.plot_layer_stats(stats, "conv2.bn")
+    lines = {line.get_label(): ydata(line) for line in fig.axes[2].lines}
+    np.testing.assert_allclose(lines["near zero (<= 0.05, fastai's)"], 100 * stats.near_zero[:, i])
+    np.testing.assert_allclose(lines["|x| <= 0.05"], 100 * stats.abs_near_zero[:, i])
+    np.testing.assert_allclose(lines["x < 0"], 100 * stats.negative[:, i])
+    # The book's BatchNorm follows a ReLU: the normalised zeros land below zero, so well over a third of its
+    # values are negative while few are actually near zero; fastai's share (<= 0.05) holds every negative one.
+    assert 35 < np.nanmean(lines["x < 0"]) < 80 and np.nanmean(lines["|x| <= 0.05"]) < 10
+    assert np.all(lines["near zero (<= 0.05, fastai's)"] >= lines["x < 0"] - 1e-9)
+    assert [line.get_label() for line in plots.plot_layer_stats(stats, LAYER).axes[2].lines] == [
+        "near zero (<= 0.05, fastai's)"]  # after a ReLU nothing is below zero: fastai's share alone
 
 
 def test_plot_overview_has_a_panel_per_layer_and_heat_maps_of_every_layer(stats):

@@ -30,7 +30,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from convscope.train.callback import Callback  # noqa: E402
 
 EVERY_ROWS, N_TRAIN, BS = 4, 4096, 32  # 128 steps; TensorBoard writes at steps 50, 100 and the epoch's end
-SERIES = ("mean", "std", "near_zero", "dead", "grad_norm", "update_ratio")
+SERIES = ("mean", "std", "near_zero", "abs_near_zero", "negative", "dead", "grad_norm", "update_ratio")
 
 
 def read_events(folder: Path) -> event_accumulator.EventAccumulator:
