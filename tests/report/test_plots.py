@@ -116,7 +116,8 @@ def test_a_pre_activation_layer_shows_the_shares_below_and_near_zero_beside_fast
 def test_plot_overview_has_a_panel_per_layer_and_heat_maps_of_every_layer(stats):
     fig = plots.plot_overview(stats)
     n = len(stats.layers)
-    panels, (ax_near, ax_dead) = fig.axes[:n], fig.axes[n:n + 2]
+    panels = fig.axes[:n]
+    ax_near, ax_actual, ax_dead = (ax for ax in fig.axes[n:] if ax.images)
     assert [ax.get_title() for ax in panels] == stats.layers  # small multiples: one layer each, named
     for j, ax in enumerate(panels):
         mean, std = (line for line in ax.lines if line.get_label() in ("mean", "std"))
@@ -124,21 +125,26 @@ def test_plot_overview_has_a_panel_per_layer_and_heat_maps_of_every_layer(stats)
         np.testing.assert_allclose(ydata(std), stats.std[:, j])
     assert len({ax.get_ylim() for ax in panels}) == 1  # one shared scale
     np.testing.assert_allclose(ax_near.images[0].get_array(), 100 * stats.near_zero.T)
+    np.testing.assert_allclose(ax_actual.images[0].get_array(), 100 * stats.abs_near_zero.T)
     np.testing.assert_allclose(ax_dead.images[0].get_array(), 100 * stats.dead.T)
     assert [t.get_text() for t in ax_near.get_yticklabels()] == stats.layers
+    assert "fastai" in ax_near.get_title() and "|x| <= 0.05" in ax_actual.get_title()
     assert "dark" in ax_dead.get_title()
+    older = plots.plot_overview(dataclasses.replace(stats, abs_near_zero=None))  # a run recorded before it
+    assert len([ax for ax in older.axes[n:] if ax.images]) == 2
 
 
 def test_the_dead_channel_heat_map_says_when_no_channel_died(stats):
     """The shared run (BatchNorm, 1cycle) has no dead channel: the all-dark panel says so in words."""
     assert not np.nanmax(stats.dead)
-    fig = plots.plot_overview(stats)
-    ax_dead = fig.axes[len(stats.layers) + 1]
-    assert [t.get_text() for t in ax_dead.texts] == ["no dead channel in any layer\nat any recorded step"]
+    def dead_map(fig):
+        return [ax for ax in fig.axes if ax.images][-1]
+
+    assert [t.get_text() for t in dead_map(plots.plot_overview(stats)).texts] == [
+        "no dead channel in any layer\nat any recorded step"]
     dead = stats.dead.copy()
     dead[-1, 0] = 0.5  # one dead share anywhere: no such note
-    fig = plots.plot_overview(dataclasses.replace(stats, dead=dead))
-    assert not fig.axes[len(stats.layers) + 1].texts
+    assert not dead_map(plots.plot_overview(dataclasses.replace(stats, dead=dead))).texts
 
 
 def test_plot_grad_stats_skips_layers_without_parameters(stats):

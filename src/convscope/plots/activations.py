@@ -332,8 +332,9 @@ def _small_multiples(fig: Figure, stats: ActivationStatsData, layers: Sequence[i
 
 def plot_overview(stats: ActivationStatsData) -> Figure:
     """Every layer at once: small multiples of each layer's mean and std (one panel per layer, shared
-    scales), and heat maps of the near-zero and dead-channel shares (one row per layer), so the layer that
-    collapses first stands out. Each heat map says what its dark colour means."""
+    scales), and heat maps (one row per layer) of fastai's near-zero share, of the share actually near zero
+    (|x| <= 0.05, where the run recorded it) and of the dead channels, so the layer that collapses first
+    stands out. Each heat map says what its dark colour means."""
     n = len(stats.layers)
     rows, cols = _panel_grid(n)
     panels, heat = 1.45 * rows, 1.3 + 0.2 * n
@@ -347,18 +348,24 @@ def plot_overview(stats: ActivationStatsData) -> Figure:
     _small_multiples(fig, stats, range(n), draw, cols, top=0.45, bottom=0.75 + heat + 0.5)
     fig.text(0.5, 1 - 0.12 / fig.get_figheight(), "mean (blue) and std (orange) of the activations per step: one "
              "panel per layer, shared scales", ha="center", va="top", fontsize=11)
-    grid = fig.add_gridspec(1, 2, left=0.09, right=0.97, top=(heat + 0.5) / fig.get_figheight(),
-                            bottom=0.5 / fig.get_figheight(), wspace=0.32)
-    ax_near, ax_dead = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
-    im = _layer_heatmap(ax_near, stats.near_zero, stats, "% of activations near zero (<= 0.05, fastai's)\n"
-                        "before an activation this counts every negative value: see each layer's figure", "magma")
-    fig.colorbar(im, ax=ax_near, label="% (dark: 0)", pad=0.01)
-    im = _layer_heatmap(ax_dead, stats.dead, stats, "% dead channels (<= 0 over the whole batch)\n"
-                        "dark: no dead channel", "magma")
-    fig.colorbar(im, ax=ax_dead, label="% (dark: 0)", pad=0.01)
+    # fastai's near zero, and where recorded the share actually near zero (|x| <= 0.05), which is the
+    # same after a ReLU and far lower before one, then the dead channels.
+    actual = getattr(stats, "abs_near_zero", None)
+    maps = [(stats.near_zero, "% near zero (<= 0.05, fastai's)\nbefore an activation: every negative value too")]
+    if actual is not None:
+        maps.append((actual, "% actually near zero (|x| <= 0.05)\nblank: not measurable with that range"))
+    maps.append((stats.dead, "% dead channels (<= 0 over the whole batch)\ndark: no dead channel"))
+    grid = fig.add_gridspec(1, len(maps), left=0.09, right=0.97, top=(heat + 0.5) / fig.get_figheight(),
+                            bottom=0.5 / fig.get_figheight(), wspace=0.12 if len(maps) == 3 else 0.32)
+    for k, (values, title) in enumerate(maps):
+        ax = fig.add_subplot(grid[0, k])
+        im = _layer_heatmap(ax, values, stats, title, "magma")
+        if k:
+            ax.tick_params(labelleft=False)
+        fig.colorbar(im, ax=ax, label="% (dark: 0)", pad=0.01)
     dead = stats.dead[np.isfinite(stats.dead)]
     if dead.size and not dead.any():
-        _empty_note(ax_dead, "no dead channel in any layer\nat any recorded step")
+        _empty_note(ax, "no dead channel in any layer\nat any recorded step")
     return fig
 
 
