@@ -358,6 +358,11 @@ def offline(case: Case) -> None:
     case.check = only_cache_folder_made
 
 
+@setup("tensorboard-log-folder-that-is-a-file")
+def tensorboard_file(case: Case) -> None:
+    (case.tmp / "tb").write_text("not a folder")
+
+
 @setup("run-folder-exists", "resume-with-a-mismatched-model", "export-tensorboard-without-a-log-folder")
 def with_run(case: Case) -> None:
     case.copy_run()

@@ -60,6 +60,8 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope rerun": "tests/test_rerun.py",
     "convscope lr-study": "tests/test_lr_study.py",
     "convscope bs-sweep": "tests/test_bs_sweep.py",
+    "convscope train --tensorboard": "tests/tensorboard/test_tensorboard.py",  # the option: test_bad_inputs
+    "convscope export-tensorboard": "tests/tensorboard/test_tensorboard.py",
 }
 N_TRAIN, N_TEST = 4096, 1024
 STAMP = r"\d{8}-\d{6}"  # the time stamp in a default run folder name
