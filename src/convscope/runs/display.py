@@ -42,16 +42,17 @@ def _e(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}" if np.isfinite(value) else "-"  # NaN: not recorded there (a ReLU has no gradient)
     return str(value)
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], styles: Iterable[str] | None = None) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    cell = "padding: 0.15em 0.6em; border: 1px solid #ddd; text-align: left"
+    head = "".join(f'<th style="{cell}">{_e(c)}</th>' for c in columns)
     styles = iter(styles) if styles is not None else None
-    body = "".join(f'<tr style="{next(styles) if styles else ""}">' + "".join(f"<td>{_e(_fmt(v))}</td>" for v in row)
-                   + "</tr>" for row in rows)
+    body = "".join(f'<tr style="{next(styles) if styles else ""}">'
+                   + "".join(f'<td style="{cell}">{_e(_fmt(v))}</td>' for v in row) + "</tr>" for row in rows)
     return f'<table style="border-collapse: collapse"><tr>{head}</tr>{body}</table>'
 
 
