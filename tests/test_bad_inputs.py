@@ -166,7 +166,8 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
        "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config", "statistics-interval-0",
-       "statistics-interval-not-a-number", "view-of-a-missing-folder", "flush-interval-below-0")
+       "statistics-interval-not-a-number", "view-of-a-missing-folder", "flush-interval-below-0",
+       "export-tensorboard-of-a-missing-run")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 
@@ -358,7 +359,12 @@ def offline(case: Case) -> None:
     case.check = only_cache_folder_made
 
 
-@setup("run-folder-exists", "resume-with-a-mismatched-model")
+@setup("tensorboard-log-folder-that-is-a-file")
+def tensorboard_file(case: Case) -> None:
+    (case.tmp / "tb").write_text("not a folder")
+
+
+@setup("run-folder-exists", "resume-with-a-mismatched-model", "export-tensorboard-without-a-log-folder")
 def with_run(case: Case) -> None:
     case.copy_run()
 

@@ -134,6 +134,30 @@ def test_tiny_sweep_writes_folder_json_figure_and_runs(runner, tmp_path, mnist):
         assert row["gns_measurements"] == len(range(0, steps, 2))
     b_crit = report["critical_batch_size"]  # strict JSON: a value that could not be estimated is null
     assert b_crit is None or (math.isfinite(b_crit) and b_crit > 0)
+    check_sweep_figure(folder, report)
+
+
+def check_sweep_figure(folder, report) -> None:
+    """The figure's x axes span the sizes tried, even for a noise scale far beyond them (named at the edge);
+    a noise-scale curve that stops early says where."""
+    from convscope.experiments.bs_sweep import sweep_figure
+
+    fig = sweep_figure(folder, report["settings"], 16_770.0, report["loss_target"])
+    ax_acc = fig.axes[0]
+    lo, hi = ax_acc.get_xlim()
+    assert 128 / 1.5 <= lo < 128 and 256 < hi <= 256 * 1.5
+    assert [t.get_text() for t in ax_acc.texts] == ["second half: B_simple ~16,770 ->"]
+    with np.load(folder / "bs128" / "noise_scale.npz") as ns:
+        arrays = dict(ns)
+    arrays["g2"][4:] = -1.0  # the |G|^2 estimate <= 0 from the 5th measurement on, as late in a real run
+    np.savez(folder / "bs128" / "noise_scale.npz", **arrays)
+    g2_mean = np.convolve(arrays["g2"], np.ones(3) / 3, mode="same")  # the curve's 3-point window
+    last = int(np.flatnonzero(g2_mean > 0)[-1])
+    pct = round(100 * arrays["step"][last] / 16)
+    fig = sweep_figure(folder, report["settings"], 16_770.0, report["loss_target"])
+    (ax_gns,) = [ax for ax in fig.axes if ax.get_title().startswith("gradient noise scale")]
+    assert f"bs 128: no B_simple from {pct}% on" in [t.get_text() for t in ax_gns.texts]
+    assert "undefined" in ax_gns.get_xlabel()
 
 
 def test_a_diverging_setting_is_reported_not_fatal(runner, tmp_path):

@@ -62,6 +62,8 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope bs-sweep": "tests/test_bs_sweep.py",
     "convscope view": "tests/view/test_browser.py",  # serves until Ctrl-C: started and stopped there
     "convscope compare": "tests/view/test_browser.py",
+    "convscope train --tensorboard": "tests/tensorboard/test_tensorboard.py",  # the option: test_bad_inputs
+    "convscope export-tensorboard": "tests/tensorboard/test_tensorboard.py",
 }
 N_TRAIN, N_TEST = 4096, 1024
 STAMP = r"\d{8}-\d{6}"  # the time stamp in a default run folder name

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Recorder": "convscope.train.recorder",
     "Run": "convscope.runs.run",
     "RunError": "convscope.errors",
+    "TensorBoard": "convscope.experiments.tensorboard",
     "TrainConfig": "convscope.config",
     "accuracy": "convscope.train.metrics",
     "load_run": "convscope.runs.run",
@@ -44,6 +45,7 @@ __all__ = [  # the names of _EXPORTS, and the version (a test checks that the tw
     "Recorder",
     "Run",
     "RunError",
+    "TensorBoard",
     "TrainConfig",
     "__version__",
     "accuracy",
@@ -54,6 +56,7 @@ __all__ = [  # the names of _EXPORTS, and the version (a test checks that the tw
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from convscope.config import TrainConfig
     from convscope.errors import ConfigError, ConvscopeError, DataError, RunError
+    from convscope.experiments.tensorboard import TensorBoard
     from convscope.runs.run import Run, load_run
     from convscope.runs.stats_data import ActivationStatsData
     from convscope.stats.activations import ActivationStats

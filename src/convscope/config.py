@@ -85,16 +85,18 @@ class TrainConfig:
     stats_every: int | str = "auto"
     out: str = "runs"
     name: str | None = None
+    # TensorBoard log folder: event files go to <tensorboard>/<run name> while the run trains (None: none)
+    tensorboard: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Strings first: a resumed run's config.json may hold anything, and a number here would fail later
         # with an AttributeError deep inside data loading instead of this line.
-        for name in ("dataset", "device", "out", "data_root", "name"):
+        for name in ("dataset", "device", "out", "data_root", "name", "tensorboard"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):  # a pathlib.Path is fine; config.json holds it as text
                 setattr(self, name, value := os.fspath(value))
-            if not isinstance(value, str) and not (value is None and name in ("data_root", "name")):
+            if not isinstance(value, str) and not (value is None and name in ("data_root", "name", "tensorboard")):
                 raise ConfigError(f"{name} must be a string, got {value!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or \
                 not 0 < self.epochs < math.inf:

@@ -175,3 +175,19 @@ def test_the_report_says_which_layers_froze_and_from_which_step(data_dir, tmp_pa
     assert frozen_from(stats) == {"conv1.conv": 4, "conv1.bn": 4}
     assert "Frozen part-way (no gradient, no update; their lines stop there): conv1.conv, conv1.bn from step 4." \
         in page(result.run_dir / "report.html")
+
+
+def test_a_layer_summary_says_what_fastais_near_zero_is_made_of_before_an_activation(trained):
+    """conv2.bn's closed section: fastai's near zero, then the shares below zero and actually near zero (read
+    here from stats.npz with numpy); a ReLU's section gives fastai's share alone."""
+    import numpy as np
+
+    with np.load(trained.run_dir / "stats.npz") as npz:
+        layers = [str(n) for n in npz["layers"]]
+        near, negative, actual = npz["near_zero"][-1], npz["negative"][-1], npz["abs_near_zero"][-1]
+    text = without_images(page(trained.run_dir / "report.html"))
+    i = layers.index("conv2.bn")
+    assert (f"near zero {100 * near[i]:.0f}% (fastai&#x27;s &lt;= 0.05: below zero {100 * negative[i]:.0f}%, "
+            f"|x| &lt;= 0.05 {100 * actual[i]:.0f}%)") in text
+    j = layers.index("conv2.act")
+    assert re.search(rf"conv2\.act<span class=\"muted\"> last step: [^<]*near zero {100 * near[j]:.0f}%, dead", text)

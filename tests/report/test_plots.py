@@ -76,31 +76,89 @@ def test_plot_layer_combines_the_three_on_shared_steps(stats):
     lines = [ydata(line) for ax in fig.axes for line in ax.lines]
     for expected in (stats.mean[:, i], stats.std[:, i], 100 * stats.dead[:, i]):
         assert any(np.allclose(y, expected) for y in lines)
+    assert sum(np.allclose(y, 100 * stats.near_zero[:, i]) for y in lines) == 1  # drawn once, not twice
+    lo, hi = stats.hist_range[i]
+    assert f"range [{lo:g}, {hi:g}]" in fig.axes[3].get_title()  # the histogram says what it covers
 
 
-def test_plot_overview_has_every_layer(stats):
+def test_each_histogram_states_its_range_and_what_a_0_10_range_leaves_out_of_a_signed_layer(stats):
+    """The default range is signed before an activation ([-5, 5]) and [0, 10] after a ReLU; each figure says
+    which. A conv output over [0, 10] (fastai's range, and runs recorded before) leaves out its negative half,
+    and says so."""
+    i = stats.index("conv2.conv")
+    assert stats.kinds[i] == "Conv2d" and tuple(stats.hist_range[i]) == (-5.0, 5.0)
+    assert tuple(stats.hist_range[stats.index(LAYER)]) == (0.0, 10.0)
+    assert "range [-5, 5] " in plots.color_dim(stats, "conv2.conv").axes[0].get_title()
+    relu = plots.color_dim(stats, LAYER).axes[0].get_title()
+    assert "range [0, 10] " in relu and "not counted" not in relu  # a ReLU's output is >= 0
+    fastai_range = stats.hist_range.copy()
+    fastai_range[i] = (0.0, 10.0)
+    title = plots.color_dim(dataclasses.replace(stats, hist_range=fastai_range), "conv2.conv").axes[0].get_title()
+    assert "range [0, 10], values below 0 not counted" in title
+
+
+def test_a_pre_activation_layer_shows_the_shares_below_and_near_zero_beside_fastais(stats):
+    """conv2.bn: fastai's near zero, |x| <= 0.05 and x < 0, each drawn from its own recorded array and named."""
+    i = stats.index("conv2.bn")
+    fig = plots.plot_layer_stats(stats, "conv2.bn")
+    lines = {line.get_label(): ydata(line) for line in fig.axes[2].lines}
+    np.testing.assert_allclose(lines["near zero (<= 0.05, fastai's)"], 100 * stats.near_zero[:, i])
+    np.testing.assert_allclose(lines["|x| <= 0.05"], 100 * stats.abs_near_zero[:, i])
+    np.testing.assert_allclose(lines["x < 0"], 100 * stats.negative[:, i])
+    # The book's BatchNorm follows a ReLU: the normalised zeros land below zero, so well over a third of its
+    # values are negative while few are actually near zero; fastai's share (<= 0.05) holds every negative one.
+    assert 35 < np.nanmean(lines["x < 0"]) < 80 and np.nanmean(lines["|x| <= 0.05"]) < 10
+    assert np.all(lines["near zero (<= 0.05, fastai's)"] >= lines["x < 0"] - 1e-9)
+    assert [line.get_label() for line in plots.plot_layer_stats(stats, LAYER).axes[2].lines] == [
+        "near zero (<= 0.05, fastai's)"]  # after a ReLU nothing is below zero: fastai's share alone
+
+
+def test_plot_overview_has_a_panel_per_layer_and_heat_maps_of_every_layer(stats):
     fig = plots.plot_overview(stats)
-    ax_mean, ax_std, ax_near, ax_dead = fig.axes[:4]
-    assert [line.get_label() for line in ax_mean.lines] == stats.layers
-    for j, line in enumerate(ax_std.lines):
-        np.testing.assert_allclose(ydata(line), stats.std[:, j])
+    n = len(stats.layers)
+    panels = fig.axes[:n]
+    ax_near, ax_actual, ax_dead = (ax for ax in fig.axes[n:] if ax.images)
+    assert [ax.get_title() for ax in panels] == stats.layers  # small multiples: one layer each, named
+    for j, ax in enumerate(panels):
+        mean, std = (line for line in ax.lines if line.get_label() in ("mean", "std"))
+        np.testing.assert_allclose(ydata(mean), stats.mean[:, j])
+        np.testing.assert_allclose(ydata(std), stats.std[:, j])
+    assert len({ax.get_ylim() for ax in panels}) == 1  # one shared scale
     np.testing.assert_allclose(ax_near.images[0].get_array(), 100 * stats.near_zero.T)
+    np.testing.assert_allclose(ax_actual.images[0].get_array(), 100 * stats.abs_near_zero.T)
     np.testing.assert_allclose(ax_dead.images[0].get_array(), 100 * stats.dead.T)
     assert [t.get_text() for t in ax_near.get_yticklabels()] == stats.layers
+    assert "fastai" in ax_near.get_title() and "|x| <= 0.05" in ax_actual.get_title()
+    assert "dark" in ax_dead.get_title()
+    older = plots.plot_overview(dataclasses.replace(stats, abs_near_zero=None))  # a run recorded before it
+    assert len([ax for ax in older.axes[n:] if ax.images]) == 2
+
+
+def test_the_dead_channel_heat_map_says_when_no_channel_died(stats):
+    """The shared run (BatchNorm, 1cycle) has no dead channel: the all-dark panel says so in words."""
+    assert not np.nanmax(stats.dead)
+    def dead_map(fig):
+        return [ax for ax in fig.axes if ax.images][-1]
+
+    assert [t.get_text() for t in dead_map(plots.plot_overview(stats)).texts] == [
+        "no dead channel in any layer\nat any recorded step"]
+    dead = stats.dead.copy()
+    dead[-1, 0] = 0.5  # one dead share anywhere: no such note
+    assert not dead_map(plots.plot_overview(dataclasses.replace(stats, dead=dead))).texts
 
 
 def test_plot_grad_stats_skips_layers_without_parameters(stats):
     fig = plots.plot_grad_stats(stats)
-    ax_norm, ax_ratio = fig.axes[:2]
     with_params = [n for n in stats.layers if not n.endswith(".act")]  # ReLUs have no parameters
-    assert [line.get_label() for line in ax_norm.lines] == with_params
-    for line in ax_norm.lines:
-        np.testing.assert_allclose(ydata(line), stats.grad_norm[:, stats.index(line.get_label())])
-    ratios = ax_ratio.lines[:-1]
-    for name, line in zip(with_params, ratios):
-        np.testing.assert_allclose(ydata(line), stats.update_ratio[:, stats.index(name)])
-    assert np.all(ydata(ax_ratio.lines[-1]) == 1e-3)  # the reference line
-    assert ax_norm.get_yscale() == ax_ratio.get_yscale() == "log"
+    k = len(with_params)
+    norms, ratios = fig.axes[:k], fig.axes[k:2 * k]
+    assert [ax.get_title() for ax in norms] == [ax.get_title() for ax in ratios] == with_params
+    for name, ax_norm, ax_ratio in zip(with_params, norms, ratios):
+        np.testing.assert_allclose(ydata(ax_norm.lines[0]), stats.grad_norm[:, stats.index(name)])
+        np.testing.assert_allclose(ydata(ax_ratio.lines[0]), stats.update_ratio[:, stats.index(name)])
+        assert np.all(ydata(ax_ratio.lines[1]) == 1e-3)  # the reference line
+        assert ax_norm.get_yscale() == ax_ratio.get_yscale() == "log"
+    assert len({ax.get_ylim() for ax in norms}) == len({ax.get_ylim() for ax in ratios}) == 1
 
 
 def test_plot_grad_stats_without_gradients_says_so(stats):
@@ -114,8 +172,12 @@ def test_plot_loss_draws_step_losses_and_epoch_metrics(trained):
     fig = plots.plot_loss(run.steps, run.metrics)
     ax_step, ax_epoch = fig.axes[:2]
     raw, smoothed, valid = ax_step.lines
-    np.testing.assert_allclose(ydata(raw), run.steps["loss"])
-    assert np.isfinite(ydata(smoothed)).all() and ydata(smoothed)[0] == pytest.approx(run.steps["loss"][0])
+    loss = np.asarray(run.steps["loss"], dtype=np.float64)
+    np.testing.assert_allclose(ydata(raw), loss)
+    # centred, so it does not trail the loss: the mean of the 7 steps around each step (120 steps // 20 = 6,
+    # made odd: 3 each side; fewer at the ends)
+    expected = [loss[max(0, k - 3):k + 4].mean() for k in range(len(loss))]
+    np.testing.assert_allclose(ydata(smoothed), expected, rtol=1e-12)
     assert valid.get_xdata()[0] == run.steps["step"][-1]  # validated at the epoch's last step
     assert ydata(valid)[0] == pytest.approx(run.metrics[0]["valid_loss"])
     accuracy_axis = fig.axes[2]

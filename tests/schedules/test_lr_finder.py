@@ -240,10 +240,21 @@ def test_plot_lr_find_draws_every_sweep_and_suggestion(small, tmp_path):
         ax = fig.axes[0]
         assert ax.get_xscale() == "log"
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
-        for name in ("minimum", "steep", "valley", "slide", "edge", "recommended lr_max"):
-            assert any(label.startswith(name) for label in labels), (name, labels)
+        for name in ("edge", "valley", "steep", "recommended lr_max"):  # drawn, each with what it marks
+            assert any(label.startswith(name) and ":" in label for label in labels), (name, labels)
+        assert any(label.startswith("not drawn") and "minimum" in label and "slide" in label for label in labels)
+        markers = [ln for ln in ax.get_lines() if ln.get_marker() == "o" and len(ln.get_xdata()) == 1]
+        assert len(markers) == 3  # one per drawn suggestion, not one per sweep
+        assert len(ax.patches) <= 1  # at most one band: edge's spread over the sweeps
         curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(res.sweeps[0].lrs)]
-        assert len(curves) == 4  # smoothed and raw for each of the 2 sweeps
+        assert len(curves) == 4  # raw and its centred mean for each of the 2 sweeps
+        # The smoothed curve is the centred mean of the raw loss (no lag), computed here independently.
+        raw = np.asarray(res.sweeps[0].raw_losses, dtype=np.float64)
+        lrs = np.asarray(res.sweeps[0].lrs, dtype=np.float64)
+        window = max(3, int(round(0.25 * (len(lrs) - 1) / np.log10(lrs[-1] / lrs[0]))) | 1)
+        half = window // 2
+        expected = [np.nanmean(raw[max(0, k - half):k + half + 1]) for k in range(len(raw))]
+        np.testing.assert_allclose(curves[1].get_ydata(), expected, rtol=1e-9)
     fig.savefig(tmp_path / "lr_find.png")
     assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 

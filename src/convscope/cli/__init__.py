@@ -12,6 +12,7 @@ from convscope.cli.app import app, user_errors
 from convscope.cli.bs_sweep import bs_sweep_command
 from convscope.cli.compare import compare_command
 from convscope.cli.diagnose import diagnose_command
+from convscope.cli.export_tensorboard import export_tensorboard_command
 from convscope.cli.lr_find import lr_find_command
 from convscope.cli.lr_study import lr_study_command
 from convscope.cli.report import report_command
@@ -31,6 +32,7 @@ COMMANDS = {  # in the order `convscope --help` lists them
     "lr-find": lr_find_command,
     "lr-study": lr_study_command,
     "bs-sweep": bs_sweep_command,
+    "export-tensorboard": export_tensorboard_command,
 }
 
 for _name, _command in COMMANDS.items():

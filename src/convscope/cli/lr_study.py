@@ -10,6 +10,14 @@ from rich.table import Table
 from convscope.cli.app import console
 from convscope.cli.options import DataRoot, Dataset, Device, LimitTrain
 
+# What the table's activation columns count (experiments/lr_study.py computes them, diagnose/rules.py's
+# collapse_episodes finds the collapses), said under the table: "collapses" alone reads as anything.
+COLUMNS_EXPLAINED = (
+    "early / peak near-zero: the share of activations <= 0.05 over the first quarter of training, mean and highest "
+    "step, averaged over the layers other than BatchNorm. collapses: how many times a layer's near-zero share "
+    "jumped above 90% from below 60% (a collapse episode), the most in any one layer; a layer that never dropped "
+    "below 60% counts none, even collapsed from the start: read peak near-zero with it.")
+
 
 def lr_study_command(
     dataset: Dataset = "mnist",
@@ -41,6 +49,7 @@ def lr_study_command(
                       f"{r.final_loss:.4f}",
                       f"{100 * r.early_near_zero:.0f}%", f"{100 * r.peak_near_zero:.0f}%", str(r.collapses))
     console.print(table)
+    console.print(COLUMNS_EXPLAINED, soft_wrap=True)
     console.print(f"figure: {run_dir / 'lr_study.png'}")
     console.print(f"each schedule's run is a run folder in {run_dir}: convscope view {run_dir} (or compare, "
                   "report, diagnose) takes them all", soft_wrap=True)

@@ -77,6 +77,9 @@ def train_command(
                                                 "eagerly, with a warning, where compiling is not possible)")] = False,
     stats_every: Annotated[str, typer.Option(help="record the statistics every N steps; auto: as often as keeps "
                                                   "them within 2% of the training time")] = "auto",
+    tensorboard: Annotated[str | None, typer.Option(help="write TensorBoard event files while training, into "
+                                                         "DIR/<run name> (needs convscope[tensorboard])",
+                                                    metavar="DIR")] = None,
 ) -> None:
     """Train the book's simple CNN (or --model) and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
@@ -111,7 +114,7 @@ def train_command(
         cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
                           model=model, out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe,
                           precision=precision, compile=compile_model, stats_every=_interval(stats_every),
-                          **settings)
+                          tensorboard=tensorboard, **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every,
                               flush_seconds=flush_every or None)

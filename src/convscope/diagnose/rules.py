@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from convscope.runs.findings import SEVERITIES, Finding
+from convscope.runs.findings import SEVERITIES, Finding, Findings
 from convscope.runs.noise_scale import NOISE_SCALE_FILE, ratio_of_means
 from convscope.runs.store import read_npz
 
@@ -391,13 +391,13 @@ RULES: tuple[Rule, ...] = (loss_health, near_zero_activations, collapse_cycles, 
                            overfitting, batch_size_advice, not_seen)
 
 
-def diagnose(run: Any, rules: tuple[Rule, ...] = RULES) -> list[Finding]:
+def diagnose(run: Any, rules: tuple[Rule, ...] = RULES) -> Findings:
     """All findings for `run` (a `convscope.load_run` result or anything with the same attributes),
-    most severe first; a single 'healthy' finding when no rule fires."""
+    most severe first; a single 'healthy' finding when no rule fires. A list that Jupyter shows as a table."""
     findings = [f for rule in rules for f in rule(run)]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if all(f.severity == "info" for f in findings):  # no finding asks for a change
         findings.append(Finding("healthy", "info", None, None,
                                 "no rule fired: loss decreased, activations carry signal, gradients are in range",
                                 "nothing to change"))
-    return findings
+    return Findings(findings)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from convscope.runs.store import atomic_write_json, create_run_dir, read_npz
 from convscope.stats.noise_scale import GradientNoiseScale
 from convscope.train.callback import Callback
 from convscope.train.guard import NonFiniteError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 _MEASUREMENTS_PER_RUN = 60  # noise-scale measurements per setting when gns_every is left to us
@@ -407,25 +410,31 @@ def _window_b_simple(g2: np.ndarray, tr_sigma: np.ndarray, width: int) -> np.nda
 
 def _plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_target: float,
                 path: Path, b_early: float = float("nan")) -> None:
-    """One figure: accuracy, time, steps against batch size (log2 axis), and the noise scale in training."""
-    import matplotlib
+    """bs_sweep.png: `sweep_figure` saved."""
+    sweep_figure(sweep_dir, rows, b_crit, loss_target, b_early).savefig(path, dpi=110)
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+
+def sweep_figure(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss_target: float,
+                 b_early: float = float("nan")) -> Figure:
+    """One figure: accuracy, time, steps against batch size (log2 axis), and the noise scale in training.
+
+    The x axes span the batch sizes tried: a noise scale outside them is named at that edge rather than
+    drawn (a line at 16,770 beside sizes up to 2,048 squashed every curve to the left). A noise-scale curve
+    that ends before training does is labelled where it ends, and the axis says why it can."""
     import matplotlib.ticker
+    from matplotlib.figure import Figure  # matplotlib loads only when the figure is drawn
 
     all_bs = [r["bs"] for r in rows]
     rows = [r for r in rows if not r.get("diverged")]  # a diverged setting has no numbers to draw
     bs = [r["bs"] for r in rows]
     if not rows:
-        fig, ax = plt.subplots(figsize=(6, 2))
+        fig = Figure(figsize=(6, 2))
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, f"every setting diverged (bs {', '.join(map(str, all_bs))})", ha="center", va="center")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    (ax_acc, ax_time), (ax_steps, ax_gns) = axes
+        return fig
+    fig = Figure(figsize=(11, 8.4), layout="constrained")
+    (ax_acc, ax_time), (ax_steps, ax_gns) = fig.subplots(2, 2)
     ax_acc.plot(bs, [100 * r["accuracy"] for r in rows], "o-")
     ax_acc.set(ylabel="test accuracy (%)", title="accuracy")
     ax_time.plot(bs, [r["train_seconds"] for r in rows], "o-", label="training time (s)")
@@ -443,38 +452,56 @@ def _plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], b_crit: float, loss
     ax_steps.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax_steps.set(ylabel="steps", title="optimizer steps")
     ax_steps.legend(fontsize=8)
+    # A noise scale far outside the batch sizes tried would stretch the x axis to it and squash the curves:
+    # the line is drawn only within the sizes tried, and otherwise named at that edge of the panel.
+    x_lo, x_hi = min(all_bs) / 1.3, max(all_bs) * 1.3
     for ax in (ax_acc, ax_time, ax_steps):
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_bs, [str(b) for b in all_bs])
         ax.set_xlabel("batch size")
         ax.grid(alpha=0.3)
-        if math.isfinite(b_crit):
-            ax.axvline(b_crit, ls="--", color="red", alpha=0.6)
-        if math.isfinite(b_early):
-            ax.axvline(b_early, ls=":", color="red", alpha=0.6)
+        for value, style, what in ((b_crit, "--", "second half"), (b_early, ":", "first quarter")):
+            if not math.isfinite(value):
+                continue
+            if x_lo <= value <= x_hi:
+                ax.axvline(value, ls=style, color="red", alpha=0.6)
+            else:
+                right = value > x_hi
+                ax.annotate(f"{what}: B_simple ~{value:,.0f} {'->' if right else '<-'}",
+                            xy=(0.99 if right else 0.01, 0.97 if style == "--" else 0.9), xycoords="axes fraction",
+                            ha="right" if right else "left", va="top", fontsize=7, color="red")
+        ax.set_xlim(x_lo, x_hi)
     for r in rows:
         arrays = read_npz(sweep_dir / r["run"] / "noise_scale.npz")
         if len(arrays.get("g2", ())) < 3:
             continue
         width = max(3, len(arrays["g2"]) // 5)
         curve = _window_b_simple(arrays["g2"], arrays["tr_sigma"], width)
-        ax_gns.plot(arrays["step"] / max(1, r["steps"]), curve, label=f"bs {r['bs']}")
+        x = arrays["step"] / max(1, r["steps"])
+        (line,) = ax_gns.plot(x, curve, label=f"bs {r['bs']}")
+        finite = np.flatnonzero(np.isfinite(curve))
+        if finite.size and x[finite[-1]] < 0.95 * x[-1]:  # the curve stops early: say why, where it stops
+            ax_gns.annotate(f"bs {r['bs']}: no B_simple from {100 * x[finite[-1]]:.0f}% on", (x[finite[-1]],
+                            curve[finite[-1]]), xytext=(4, -10), textcoords="offset points", fontsize=7,
+                            color=line.get_color())
     if math.isfinite(b_crit):
         ax_gns.axhline(b_crit, ls="--", color="red", alpha=0.6, label=f"second half: ~{b_crit:,.0f}")
     if math.isfinite(b_early):
         ax_gns.axhline(b_early, ls=":", color="red", alpha=0.6, label=f"first quarter: ~{b_early:,.0f}")
     if ax_gns.get_lines():  # a log axis with nothing on it cannot be drawn
         ax_gns.set_yscale("log")
-    ax_gns.set(xlabel="fraction of training", ylabel="B_simple",
-               title="gradient noise scale during training (moving ratio of means)")
+    # Why a curve has gaps or stops: B_simple = tr(Sigma) / |G|^2, and the unbiased estimate of |G|^2 from two
+    # batch sizes goes <= 0 when the gradient's noise outweighs its mean (late in training, at small batches).
+    ax_gns.set(ylabel="B_simple", title="gradient noise scale during training (moving ratio of means)")
+    ax_gns.set_xlabel("fraction of training\n(a gap or an early end: there the estimate of |G|^2 was <= 0, the "
+                      "gradient's noise\nlarger than its mean, so B_simple = tr(Sigma) / |G|^2 is undefined)",
+                      fontsize=8)
     ax_gns.grid(alpha=0.3)
     if ax_gns.get_legend_handles_labels()[0]:
         ax_gns.legend(fontsize=8)
     fig.suptitle("batch-size sweep\nred: gradient noise scale B_simple, median over the runs; dotted = first "
                  "quarter of training, dashed = second half (the critical batch size)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

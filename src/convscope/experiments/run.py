@@ -19,11 +19,13 @@ from convscope.dist.context import init_from_env, launch_env, on_main
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
 from convscope.experiments.setup import build_batches, build_model, default_run_name, versions
+from convscope.experiments.tensorboard import TensorBoard
 from convscope.report.html import write_report
 from convscope.runs import load_run
 from convscope.runs.checkpoint import load_checkpoint, resume_learner
 from convscope.runs.store import create_run_dir, read_json, remove_stale_temporaries
 from convscope.stats.activations import ActivationStats
+from convscope.tensorboard.events import check_log_dir, require_tensorboard
 from convscope.train.callback import Callback
 from convscope.train.ddp import DistributedTrainer
 from convscope.train.freeze import FreezeLayers, check_freeze
@@ -103,6 +105,9 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if cfg.freeze and launch_env().distributed:  # before any process group: refuse, never rendezvous
         raise ConfigError("freeze does not work with several processes yet (DDP expects every parameter's "
                           "gradient at each step); train on one process or drop the freeze setting")
+    if cfg.tensorboard is not None:  # a missing package or a log folder that is a file: before any work
+        require_tensorboard()
+        check_log_dir(cfg.tensorboard)
     dist_info, device = init_from_env(resolve_device(cfg.device))
     if resume is not None:
         cfg = per_rank_batch(cfg, resume, dist_info.world_size)
@@ -138,6 +143,11 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         callbacks.append(ActivationStats(every=cfg.stats_every))
     if progress and dist_info.is_main:
         callbacks.append(ProgressBar())
+    # One log folder per run under cfg.tensorboard, so `tensorboard --logdir` lists runs side by side; the
+    # findings are those of the saved run, written after _finish_run below.
+    board = TensorBoard(Path(cfg.tensorboard) / run_dir.name, findings=False) if cfg.tensorboard else None
+    if board is not None:
+        callbacks.append(board)
     loss_func = F.cross_entropy
     if cfg.label_smoothing:
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
@@ -172,6 +182,8 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
             try:
                 with stop_on_signals():  # a signal now stops the report at once: the old one stays whole
                     result.findings = _finish_run(run_dir, learn.exception)
+                    if board is not None:
+                        board.add_findings(result.findings)
             except SignalStop as stop:
                 result.report_stopped = stopper.signum is None  # else the stop in training is the news
                 result.interrupted = stopper.signum or stop.signum

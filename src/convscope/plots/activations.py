@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from convscope.errors import ConfigError
 
@@ -35,9 +35,16 @@ __all__ = [
     "plot_loss",
     "plot_overview",
     "smooth",
+    "smooth_centred",
 ]
 
 _UPDATE_RATIO_REF = 1e-3  # the classic rule of thumb: each step changes the weights by about 1/1000
+# Module kinds whose output is an activation's (>= 0 for the ReLU family): fastai's "near zero" (<= 0.05) is
+# then the share at (about) zero. Every other layer (conv, BatchNorm, Linear) is a pre-activation layer,
+# signed: there "<= 0.05" counts every negative value too, so the figures add what is actually near zero.
+ACTIVATION_KINDS = frozenset({"ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
+                              "Mish", "Sigmoid", "Tanh", "Softplus", "Hardswish", "Hardsigmoid", "Hardtanh"})
+NEAR_ZERO_LABEL = "near zero (<= 0.05, fastai's)"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -81,11 +88,62 @@ def _text(name: str) -> str:
     return name.replace("$", r"\$")
 
 
+def is_pre_activation(stats: ActivationStatsData, i: int) -> bool:
+    """Layer i's output is signed (a conv, BatchNorm or Linear output), not an activation's."""
+    kind = stats.kinds[i] if i < len(stats.kinds) else ""
+    return bool(kind) and kind not in ACTIVATION_KINDS
+
+
+def signed_shares(stats: ActivationStatsData, i: int) -> list[tuple[str, np.ndarray, str]]:
+    """(label, % per step, colour) of the shares a pre-activation layer needs beside fastai's near zero:
+    |x| <= 0.05 and x < 0, where the run recorded them (the optional fields abs_near_zero and negative; None
+    in older run folders). Empty for an activation layer."""
+    if not is_pre_activation(stats, i):
+        return []
+    out = []
+    for name, label, color in (("abs_near_zero", "|x| <= 0.05", "C2"), ("negative", "x < 0", "C4")):
+        values = getattr(stats, name, None)
+        if values is not None:
+            out.append((label, 100 * np.asarray(values)[:, i], color))
+    return out
+
+
+def range_text(stats: ActivationStatsData, i: int) -> str:
+    """What a histogram of layer i covers, said on the figure: its range, and what it leaves out."""
+    lo, hi = (float(v) for v in stats.hist_range[i])
+    if not hi > lo:
+        return "range never fixed: bins by number"
+    text = f"range [{lo:g}, {hi:g}]"
+    if lo >= 0 and is_pre_activation(stats, i):
+        text += ", values below 0 not counted"
+    return text
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    """Say in words what an all-dark (all-zero) panel means, so that it does not read as a broken figure."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="white",
+            bbox={"boxstyle": "round", "facecolor": "0.25", "edgecolor": "none", "alpha": 0.85})
+
+
 def _require_hist(stats: ActivationStatsData) -> None:
     if stats.bins == 0 or stats.n_steps == 0:
         what = "no histograms" if stats.bins == 0 else "no steps"
         raise ConfigError(f"this run recorded {what}, so there is no colorful dimension to draw; "
                           "train with ActivationStats(with_hist=True)")
+
+
+def smooth_centred(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """Mean over `window` points centred on each point (fewer at the ends; NaNs skipped): smoothing without
+    lag, so the curve sits on the raw one instead of trailing it by `window` steps as a moving average does."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(ok, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(ok)])
+    half = max(int(window), 1) // 2
+    idx = np.arange(len(values))
+    lo, hi = np.maximum(0, idx - half), np.minimum(len(values), idx + half + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts[hi] > counts[lo], (sums[hi] - sums[lo]) / (counts[hi] - counts[lo]), np.nan)
 
 
 def smooth(values: Sequence[float] | np.ndarray, beta: float = 0.98) -> np.ndarray:
@@ -107,7 +165,11 @@ def plot_layer_stats(stats: ActivationStatsData, layer: str | int,
                      axes: Sequence[Axes] | None = None) -> Figure:
     """Mean, standard deviation and % of activations near zero (<= 0.05) of one layer, per recorded step.
 
-    The fastai book's `plot_layer_stats`. Pass three `axes` to draw into an existing figure.
+    The fastai book's `plot_layer_stats`, with its definition of near zero (every value <= 0.05, negative ones
+    included), so that the numbers compare with the book's. For a pre-activation layer (conv, BatchNorm,
+    Linear output) the third panel also shows, where the run recorded them, the share actually near zero
+    (|x| <= 0.05) and the share below zero: about half of a healthy signed layer is below zero, which
+    fastai's number alone reads as "near zero". Pass three `axes` to draw into an existing figure.
     """
     i = stats.index(layer)
     name = _text(stats.layers[i])
@@ -119,10 +181,18 @@ def plot_layer_stats(stats: ActivationStatsData, layer: str | int,
     series = [("mean", stats.mean[:, i], "C0"), ("std", stats.std[:, i], "C1"),
               ("% near zero (<= 0.05)", 100 * stats.near_zero[:, i], "C3")]
     for ax, (title, y, color) in zip(axes, series):
-        ax.plot(stats.steps, y, color=color, lw=1)
+        ax.plot(stats.steps, y, color=color, lw=1, label=NEAR_ZERO_LABEL if ax is axes[2] else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    if is_pre_activation(stats, i):
+        axes[2].set_title("% near zero (<= 0.05: negatives count)")
+    extra = signed_shares(stats, i)
+    for label, y, color in extra:
+        axes[2].plot(stats.steps, y, color=color, lw=1, label=label)
+    if extra:
+        axes[2].set_title("% of values (before the activation: signed)")
+        axes[2].legend(fontsize="x-small", loc="best")
     axes[2].set_ylim(-2, 102)
     return fig
 
@@ -130,7 +200,8 @@ def plot_layer_stats(stats: ActivationStatsData, layer: str | int,
 def color_dim(stats: ActivationStatsData, layer: str | int, ax: Axes | None = None,
               cmap: str = "viridis") -> Figure:
     """The "colorful dimension": one column per recorded step, the layer's activation histogram from
-    bottom (low values) to top, coloured by log(1 + count).
+    bottom (low values) to top, coloured by log(1 + count). The title states the histogram's range (values
+    outside it are not counted): [0, 10] after a ReLU, a signed range before an activation.
 
     The log keeps the bins that hold a few activations visible next to the huge near-zero bin. A
     healthy layer shows a smooth, wide band; a collapsing one turns dark everywhere but the bottom row.
@@ -142,7 +213,8 @@ def color_dim(stats: ActivationStatsData, layer: str | int, ax: Axes | None = No
     if ax is None:
         fig = _new_figure(10, 4)
         ax = fig.subplots()
-        ax.set_title(f"{name}: histogram of activations per step (colour: log(1 + count))")
+        ax.set_title(f"{name}: histogram of activations per step, {range_text(stats, stats.index(layer))} "
+                     "(colour: log(1 + count))")
     fig = ax.figure
     image = np.log1p(stats.hist[:, i, :].astype(np.float64)).T  # [bins, steps]
     lo, hi = (float(v) for v in stats.hist_range[i])
@@ -158,8 +230,11 @@ def color_dim(stats: ActivationStatsData, layer: str | int, ax: Axes | None = No
     return fig
 
 
-def plot_dead(stats: ActivationStatsData, layer: str | int, ax: Axes | None = None) -> Figure:
-    """Share of dead channels (<= 0 for the whole batch) and of near-zero activations, per step."""
+def plot_dead(stats: ActivationStatsData, layer: str | int, ax: Axes | None = None,
+              near_zero: bool = True) -> Figure:
+    """Share of dead channels (<= 0 for the whole batch) and, unless `near_zero` is False (the per-layer
+    figure draws it beside already), of near-zero activations, per step. A layer with no dead channel at
+    any recorded step says so on the panel."""
     i = stats.index(layer)
     name = _text(stats.layers[i])
     if ax is None:
@@ -167,14 +242,20 @@ def plot_dead(stats: ActivationStatsData, layer: str | int, ax: Axes | None = No
         ax = fig.subplots()
         ax.set_title(f"{name}: dead channels and near-zero activations")
     fig = ax.figure
-    ax.plot(stats.steps, 100 * stats.dead[:, i], color="C3", lw=1.2, label="dead channels (% of channels)")
-    ax.plot(stats.steps, 100 * stats.near_zero[:, i], color="C0", lw=1, alpha=0.8,
-            label="near zero (% of activations)")
+    dead = 100 * stats.dead[:, i]
+    ax.plot(stats.steps, dead, color="C3", lw=1.2, label="dead channels (% of channels)")
+    if near_zero:
+        ax.plot(stats.steps, 100 * stats.near_zero[:, i], color="C0", lw=1, alpha=0.8,
+                label=f"{NEAR_ZERO_LABEL} (% of activations)")
+    finite = dead[np.isfinite(dead)]
+    if finite.size and not finite.any():
+        ax.text(0.5, 0.5, "no dead channel at any recorded step", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="C3")
     ax.set_ylim(-2, 102)
     ax.set_xlabel("step")
     ax.set_ylabel("%")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="upper right", fontsize="small")
     return fig
 
 
@@ -194,12 +275,12 @@ def plot_layer(stats: ActivationStatsData, layer: str | int) -> Figure:
     if stats.bins and stats.n_steps:
         ax_hist = fig.add_subplot(bottom[0, 0])
         color_dim(stats, i, ax=ax_hist)  # its colour bar takes its room from ax_hist
-        ax_hist.set_title("histogram per step (colour: log(1 + count))")
+        ax_hist.set_title(f"histogram per step, {range_text(stats, i)} (colour: log(1 + count))")
         ax_dead = fig.add_subplot(bottom[0, 1])
     else:
         ax_dead = fig.add_subplot(bottom[0, :])
-    plot_dead(stats, i, ax=ax_dead)
-    ax_dead.set_title("dead channels and near zero")
+    plot_dead(stats, i, ax=ax_dead, near_zero=False)  # the near-zero share is the top right panel
+    ax_dead.set_title("dead channels (<= 0 for the whole batch)")
     fig.suptitle(f"layer {_text(stats.layers[i])}", fontweight="bold")
     return fig
 
@@ -217,35 +298,80 @@ def _layer_heatmap(ax: Axes, values: np.ndarray, stats: ActivationStatsData, tit
     return im
 
 
-def plot_overview(stats: ActivationStatsData) -> Figure:
-    """Every layer at once: mean and std per layer (one line each), and heat maps of the near-zero and
-    dead-channel shares (one row per layer), so the layer that collapses first stands out."""
-    n = len(stats.layers)
-    fig = _new_figure(13, 5.5 + 0.22 * n)
-    (ax_mean, ax_std), (ax_near, ax_dead) = fig.subplots(2, 2, height_ratios=(1, 0.5 + 0.06 * n))
-    for name, style, mean, std in zip(stats.layers, _layer_styles(n), stats.mean.T, stats.std.T):
-        ax_mean.plot(stats.steps, mean, label=_text(name), **style)
-        ax_std.plot(stats.steps, std, **style)
-    ax_mean.set_title("mean of activations")
-    finite = stats.std[np.isfinite(stats.std)]
-    if finite.size and np.all(finite > 0):  # a log axis shows layers whose scales differ 100x side by side
-        ax_std.set_yscale("log")
-        _plain_log_ticks(ax_std)
-    ax_std.set_title("std of activations" + (" (log scale)" if ax_std.get_yscale() == "log" else ""))
-    for ax in (ax_mean, ax_std):
-        ax.set_xlabel("step")
+def _panel_grid(n: int, cols: int = 7) -> tuple[int, int]:
+    """(rows, columns) of small multiples for n layers: up to `cols` panels a row."""
+    cols = max(1, min(cols, n))
+    return -(-n // cols), cols
+
+
+def _small_multiples(fig: Figure, stats: ActivationStatsData, layers: Sequence[int], draw: Any, cols: int,
+                     top: float, bottom: float, log: bool = False) -> list[Axes]:
+    """One small panel per layer (named in its title), `cols` a row, between the heights `top` and `bottom`
+    (inches from the figure's top), sharing x and y: the same scale makes layers compare at a glance, and no
+    legend is needed far from the lines. Laid out by hand (constrained layout of ~20 axes was most of the
+    figure's time), and log axes get major ticks only, for the same reason."""
+    height = fig.get_figheight()
+    rows = -(-len(layers) // cols)
+    grid = fig.add_gridspec(rows, cols, left=0.04, right=0.99, top=1 - top / height, bottom=bottom / height,
+                            wspace=0.08, hspace=0.45)
+    axes: list[Axes] = []
+    for k, j in enumerate(layers):
+        r, c = divmod(k, cols)
+        ax = fig.add_subplot(grid[r, c], sharex=axes[0] if axes else None, sharey=axes[0] if axes else None)
+        draw(ax, j)
+        ax.set_title(_text(stats.layers[j]), fontsize=9, pad=3)
+        ax.tick_params(labelsize=7, labelleft=c == 0)
         ax.grid(alpha=0.3)
-    fig.legend(*ax_mean.get_legend_handles_labels(), loc="outside right upper", fontsize=8, title="layer")
-    im = _layer_heatmap(ax_near, stats.near_zero, stats, "% of activations near zero (<= 0.05)", "magma")
-    fig.colorbar(im, ax=ax_near, label="%", pad=0.01)
-    im = _layer_heatmap(ax_dead, stats.dead, stats, "% dead channels (<= 0 over the whole batch)", "magma")
-    fig.colorbar(im, ax=ax_dead, label="%", pad=0.01)
-    fig.suptitle("all layers")
+        axes.append(ax)
+    if log and axes:
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_minor_locator(NullLocator())
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    return axes
+
+
+def plot_overview(stats: ActivationStatsData) -> Figure:
+    """Every layer at once: small multiples of each layer's mean and std (one panel per layer, shared
+    scales), and heat maps (one row per layer) of fastai's near-zero share, of the share actually near zero
+    (|x| <= 0.05, where the run recorded it) and of the dead channels, so the layer that collapses first
+    stands out. Each heat map says what its dark colour means."""
+    n = len(stats.layers)
+    rows, cols = _panel_grid(n)
+    panels, heat = 1.45 * rows, 1.3 + 0.2 * n
+    fig = Figure(figsize=(13, 0.45 + panels + 0.75 + heat + 0.5))
+
+    def draw(ax: Axes, j: int) -> None:
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.plot(stats.steps, stats.mean[:, j], color="C0", lw=1.1, label="mean")
+        ax.plot(stats.steps, stats.std[:, j], color="C1", lw=1.1, label="std")
+
+    _small_multiples(fig, stats, range(n), draw, cols, top=0.45, bottom=0.75 + heat + 0.5)
+    fig.text(0.5, 1 - 0.12 / fig.get_figheight(), "mean (blue) and std (orange) of the activations per step: one "
+             "panel per layer, shared scales", ha="center", va="top", fontsize=11)
+    # fastai's near zero, and where recorded the share actually near zero (|x| <= 0.05), which is the
+    # same after a ReLU and far lower before one, then the dead channels.
+    actual = getattr(stats, "abs_near_zero", None)
+    maps = [(stats.near_zero, "% near zero (<= 0.05, fastai's)\nbefore an activation: every negative value too")]
+    if actual is not None:
+        maps.append((actual, "% actually near zero (|x| <= 0.05)\nblank: not measurable with that range"))
+    maps.append((stats.dead, "% dead channels (<= 0 over the whole batch)\ndark: no dead channel"))
+    grid = fig.add_gridspec(1, len(maps), left=0.09, right=0.97, top=(heat + 0.5) / fig.get_figheight(),
+                            bottom=0.5 / fig.get_figheight(), wspace=0.12 if len(maps) == 3 else 0.32)
+    for k, (values, title) in enumerate(maps):
+        ax = fig.add_subplot(grid[0, k])
+        im = _layer_heatmap(ax, values, stats, title, "magma")
+        if k:
+            ax.tick_params(labelleft=False)
+        fig.colorbar(im, ax=ax, label="% (dark: 0)", pad=0.01)
+    dead = stats.dead[np.isfinite(stats.dead)]
+    if dead.size and not dead.any():
+        _empty_note(ax, "no dead channel in any layer\nat any recorded step")
     return fig
 
 
 def plot_grad_stats(stats: ActivationStatsData) -> Figure:
-    """Per layer with parameters: gradient L2 norm and update/weight ratio per step (log scales).
+    """Per layer with parameters, in small multiples on shared log scales: the gradient L2 norm (top block)
+    and the update/weight ratio (bottom block) per step.
 
     The dashed line marks an update ratio of 1e-3, a common rule of thumb for a healthy learning rate:
     far above it the weights are thrashed each step, far below it the layer barely learns.
@@ -256,21 +382,24 @@ def plot_grad_stats(stats: ActivationStatsData) -> Figure:
     if not has or stats.n_steps == 0:
         raise ConfigError("this run recorded no gradient statistics (no layer with parameters, or "
                           "ActivationStats(grad_stats=False))")
-    fig = _new_figure(13, 4.2)
-    ax_norm, ax_ratio = fig.subplots(1, 2)
-    for j, style in zip(has, _layer_styles(len(has))):
-        ax_norm.plot(stats.steps, stats.grad_norm[:, j], label=_text(stats.layers[j]), **style)
-        ax_ratio.plot(stats.steps, stats.update_ratio[:, j], **style)
-    ax_ratio.axhline(_UPDATE_RATIO_REF, color="k", ls="--", lw=1)
-    ax_ratio.annotate("1e-3", (1.0, _UPDATE_RATIO_REF), xycoords=("axes fraction", "data"),
-                      xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
-    for ax, title in ((ax_norm, "gradient norm per layer"), (ax_ratio, "update / weight ratio per step")):
-        ax.set_yscale("log")
-        _plain_log_ticks(ax)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3, which="both")
-    fig.legend(*ax_norm.get_legend_handles_labels(), loc="outside right upper", fontsize=8, title="layer")
+    rows, cols = _panel_grid(len(has))
+    block = 0.45 + 1.45 * rows + 0.3
+    fig = Figure(figsize=(13, 2 * block))
+
+    def norm(ax: Axes, j: int) -> None:
+        ax.plot(stats.steps, stats.grad_norm[:, j], color="C0", lw=1.1)
+
+    def ratio(ax: Axes, j: int) -> None:
+        ax.plot(stats.steps, stats.update_ratio[:, j], color="C2", lw=1.1)
+        ax.axhline(_UPDATE_RATIO_REF, color="k", ls="--", lw=0.8)
+
+    _small_multiples(fig, stats, has, norm, cols, top=0.45, bottom=block + 0.3, log=True)
+    _small_multiples(fig, stats, has, ratio, cols, top=block + 0.45, bottom=0.3, log=True)
+    height = fig.get_figheight()
+    for at, text in ((0.12, "gradient L2 norm per layer with parameters (shared log scale)"),
+                     (block + 0.12, "update / weight ratio per step (shared log scale; dashed: 1e-3, the rule "
+                                    "of thumb)")):
+        fig.text(0.5, 1 - at / height, text, ha="center", va="top", fontsize=11)
     return fig
 
 
@@ -294,12 +423,12 @@ def plot_loss(steps: dict[str, np.ndarray], metrics: list[dict[str, Any]]) -> Fi
     x = np.asarray(steps["step"]) if "step" in steps and len(steps["step"]) == loss.size else np.arange(loss.size)
     fig = _new_figure(13, 4)
     ax_step, ax_epoch = fig.subplots(1, 2, width_ratios=(2, 1))
-    # fastai smooths with beta 0.98 (~50 steps); a short run gets a shorter window, or the curve lags
-    # behind the loss for most of the plot.
-    window = int(np.clip(loss.size // 20, 1, 50))
+    # A centred mean, not fastai's moving average: that one trails a falling loss by its window, so it
+    # drew the curve above every raw point of the first steps. Short runs get a shorter window.
+    window = int(np.clip(loss.size // 20, 1, 50)) | 1
     ax_step.plot(x, loss, color="C0", alpha=0.3, lw=0.8, label="train loss")
-    ax_step.plot(x, smooth(loss, beta=1 - 1 / window), color="C0", lw=1.5,
-                 label=f"train loss (smoothed, ~{window} steps)")
+    ax_step.plot(x, smooth_centred(loss, window), color="C0", lw=1.5,
+                 label=f"train loss (centred mean of {window} steps)")
     ends = _epoch_ends(steps)
     valid = [(ends[int(r["epoch"])], r["valid_loss"]) for r in metrics
              if "valid_loss" in r and "epoch" in r and int(r["epoch"]) in ends]

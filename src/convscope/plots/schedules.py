@@ -16,9 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from convscope.errors import ConfigError
-
-# One colour per suggestion, the same in every figure.
-_SUGGESTION_COLORS = {"minimum": "C1", "steep": "C2", "valley": "C3", "slide": "C4", "edge": "C5"}
+from convscope.plots.activations import smooth_centred
 
 
 # --------------------------------------------------------------------------- the schedule of a fit
@@ -89,56 +87,83 @@ def _y_limits(sweeps: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def plot_lr_find(result: Any) -> Figure:
-    """Loss against learning rate (log scale) for every sweep, with each suggestion marked.
+    """Loss against learning rate (log scale) for every sweep, with the suggestions that matter marked.
 
-    Per sweep: the smoothed loss (what the suggestions read) and, faint, the raw loss. Per suggestion:
-    a marker on each sweep's curve, the median in the legend, and a band from the smallest to the
-    largest value over the sweeps. The recommended lr_max is the dashed vertical line.
+    Per sweep: the raw loss (faint) and its centred running mean over a quarter of a decade of lr (no lag:
+    the finder's own moving average, which the fastai suggestions read, trails the raw loss by up to decades
+    of lr on a short sweep, so drawn it misplaces everything). Marked, each explained in the legend: `edge`
+    (where the raw loss stops falling; a band shows its spread over the sweeps), the recommended lr_max (a
+    fifth of it, dashed) and fastai's `valley` and `steep`. `minimum` and `slide` are listed in the legend
+    with their values but not drawn: four more markers on one curve said less than the table does.
     """
     data = _as_dict(result)
     sweeps = data["sweeps"]
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
+    centred = []
     for k, sw in enumerate(sweeps):
         lrs = np.asarray(sw["lrs"], dtype=np.float64)
-        ax.plot(lrs, _floats(sw["raw_losses"]), color="C0", lw=0.6, alpha=0.25,
-                label="raw loss" if k == 0 else None)
-        ax.plot(lrs, _floats(sw["losses"]), color="C0", lw=1.5, alpha=0.9 if len(sweeps) == 1 else 0.6,
-                label=f"smoothed loss ({len(sweeps)} sweep{'s' if len(sweeps) > 1 else ''})" if k == 0 else None)
+        raw = _floats(sw["raw_losses"])
+        curve = smooth_centred(raw, _quarter_decade(lrs))
+        centred.append((lrs, curve))
+        ax.plot(lrs, raw, color="C0", lw=0.6, alpha=0.3, label="raw loss" if k == 0 else None)
+        ax.plot(lrs, curve, color="C0", lw=1.5, alpha=0.9 if len(sweeps) == 1 else 0.6,
+                label=f"centred mean over 1/4 decade ({len(sweeps)} sweep{'s' if len(sweeps) > 1 else ''})"
+                if k == 0 else None)
     summary = data.get("suggestions", {})
-    for name, color in _SUGGESTION_COLORS.items():
-        points = [sw["edge"] if name == "edge" else sw["suggestions"].get(name) for sw in sweeps]
-        points = [p for p in points if p is not None]
-        if not points:
+    for name, (color, meaning) in _DRAWN.items():
+        values = _suggested(sweeps, name)
+        if values.size == 0:
             continue
-        values = np.array([p["lr"] for p in points])
-        for sw, p in zip(sweeps, points):
-            ax.plot(p["lr"], _marker_y(sw, name, p), "o", color=color, ms=7, mec="white", mew=0.8, zorder=5)
         med = summary.get(name, {}).get("median", float(np.exp(np.median(np.log(values)))))
-        label = f"{name} {med:.3g}"
+        label = f"{name} {med:.3g}: {meaning}"
         lo, hi = values.min(), values.max()
-        if hi > lo * (1 + 1e-9):  # sweeps disagree: show how far
+        if name == "edge" and hi > lo * (1 + 1e-9):  # sweeps disagree: show how far
             ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
-            label += f" ({lo:.3g} to {hi:.3g})"
-        ax.plot([], [], "o", color=color, label=label)  # one legend entry per suggestion
+            label += f" (band: {lo:.3g} to {hi:.3g} over the sweeps)"
+        ax.plot(med, _on_curve(centred, med), "o", color=color, ms=8, mec="white", mew=0.8, zorder=5, label=label)
     rec = data.get("recommended_lr_max")
     if rec is not None:
-        ax.axvline(rec, color="k", ls="--", lw=1.2, label=f"recommended lr_max {rec:.3g}")
+        ax.axvline(rec, color="k", ls="--", lw=1.2, label=f"recommended lr_max {rec:.3g} for 1cycle: edge / 5")
+    listed = [f"{name} {summary[name]['median']:.3g}" for name in ("minimum", "slide")
+              if isinstance(summary.get(name), Mapping) and "median" in summary[name]]
+    if listed:
+        ax.plot([], [], " ", label=f"not drawn (see the table): {', '.join(listed)}")
     ax.set_xscale("log")
     ax.set_ylim(*_y_limits(sweeps))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title("LR finder: loss as the learning rate grows each step")
     ax.grid(alpha=0.3, lw=0.5)
-    ax.legend(loc="lower left", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 
-def _marker_y(sweep: Mapping[str, Any], name: str, point: Mapping[str, Any]) -> float:
-    """Where a suggestion sits on the curve it was read from: the raw loss's lag-free mean for 'edge',
-    otherwise the smoothed loss at the suggested lr (minimum's lr is a tenth of its point's lr)."""
-    if name == "edge":
-        return float(point["loss"])
-    lrs, losses = np.asarray(sweep["lrs"], dtype=np.float64), _floats(sweep["losses"])
-    ok = np.isfinite(losses)
-    return float(np.interp(np.log(point["lr"]), np.log(lrs[ok]), losses[ok]))
+# The suggestions drawn on the figure, each with its colour and what it marks.
+_DRAWN = {
+    "edge": ("C3", "raw loss stops falling (no lag)"),
+    "valley": ("C2", "fastai's: middle of the longest fall of its lagged curve"),
+    "steep": ("C1", "fastai's: steepest fall of its lagged curve"),
+}
+
+
+def _quarter_decade(lrs: np.ndarray) -> int:
+    """Points per quarter of a decade of lr on this sweep (at least 3, odd: a centred window)."""
+    ok = lrs[np.isfinite(lrs) & (lrs > 0)]
+    span = np.log10(ok[-1] / ok[0]) if ok.size > 1 and ok[-1] > ok[0] else 1.0
+    return max(3, int(round(0.25 * (len(lrs) - 1) / span)) | 1)
+
+
+def _suggested(sweeps: list[dict[str, Any]], name: str) -> np.ndarray:
+    points = [sw.get("edge") if name == "edge" else sw.get("suggestions", {}).get(name) for sw in sweeps]
+    return np.array([p["lr"] for p in points if p is not None], dtype=np.float64)
+
+
+def _on_curve(centred: list[tuple[np.ndarray, np.ndarray]], lr: float) -> float:
+    """The mean over the sweeps of their centred curves at `lr`, where the marker sits."""
+    ys = []
+    for lrs, curve in centred:
+        ok = np.isfinite(curve) & (lrs > 0)
+        if ok.sum() >= 2:
+            ys.append(float(np.interp(np.log(lr), np.log(lrs[ok]), curve[ok])))
+    return float(np.mean(ys)) if ys else float("nan")

@@ -236,8 +236,15 @@ def _layer_digest(stats: ActivationStatsData, layer: str) -> str:
     i = stats.index(layer)
     if stats.n_steps == 0:
         return ""
+    near = f"near zero {100 * stats.near_zero[-1, i]:.0f}%"
+    # Before an activation fastai's near zero counts every negative value: say what it is made of.
+    signed = [(label, values[-1, i]) for label, values in (("below zero", stats.negative),
+                                                           ("|x| <= 0.05", stats.abs_near_zero))
+              if values is not None and np.isfinite(values[-1, i])]
+    if plots.is_pre_activation(stats, i) and signed:
+        near += " (fastai's <= 0.05: " + ", ".join(f"{label} {100 * v:.0f}%" for label, v in signed) + ")"
     return (f"last step: mean {stats.mean[-1, i]:.3g}, std {stats.std[-1, i]:.3g}, "
-            f"near zero {100 * stats.near_zero[-1, i]:.0f}%, dead channels {100 * stats.dead[-1, i]:.0f}%")
+            f"{near}, dead channels {100 * stats.dead[-1, i]:.0f}%")
 
 
 def frozen_from(stats: ActivationStatsData) -> dict[str, int]:

@@ -35,6 +35,11 @@ class Finding:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
 
+    def _repr_html_(self) -> str:
+        from convscope.runs.display import findings_html
+
+        return findings_html([self])
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["steps"] = list(self.steps) if self.steps is not None else None
@@ -49,6 +54,15 @@ class Finding:
                    tuple(d.get("layers", ())), dict(d.get("change", {})))
 
 
+class Findings(list):
+    """A list of Finding that shows itself as a table in Jupyter (what diagnose and load_findings return)."""
+
+    def _repr_html_(self) -> str:
+        from convscope.runs.display import findings_html
+
+        return findings_html(self)
+
+
 FINDINGS_FILE = "findings.json"
 
 
@@ -58,11 +72,11 @@ def save_findings(run_dir: str | Path, findings: list[Finding]) -> Path:
     return path
 
 
-def load_findings(run_dir: str | Path) -> list[Finding]:
+def load_findings(run_dir: str | Path) -> Findings:
     """The findings saved in a run folder ([] when it has none); RunError when findings.json is damaged."""
     path = Path(run_dir) / FINDINGS_FILE
     if not path.exists():
-        return []
+        return Findings()
     rows = read_json(path)
     if not isinstance(rows, list):
         raise RunError(f"{path} is not a JSON list of findings; the run folder is damaged")
@@ -71,7 +85,7 @@ def load_findings(run_dir: str | Path) -> list[Finding]:
         if problem:
             raise RunError(f"{path}: finding {i} {problem}; the run folder is damaged (`convscope diagnose` "
                            "rewrites it)")
-    return [Finding.from_dict(row) for row in rows]
+    return Findings(Finding.from_dict(row) for row in rows)
 
 
 def _finding_problem(row: object) -> str | None:

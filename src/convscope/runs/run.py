@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from convscope.errors import RunError
+from convscope.runs.findings import Findings, load_findings
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.runs.store import read_json, read_jsonl, read_npz
 
@@ -34,12 +35,23 @@ class Run:
         return self.extra["activation_stats"]
 
     @property
+    def findings(self) -> Findings:
+        """The diagnosis saved in findings.json (empty when the run has not been diagnosed)."""
+        return load_findings(self.path)
+
+    @property
     def has_stats(self) -> bool:
         return (self.path / "stats.npz").exists()
 
     @property
     def final_accuracy(self) -> float | None:
         return self.metrics[-1].get("accuracy") if self.metrics else None
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows a run as its settings, metrics, findings and figures (runs/display.py)."""
+        from convscope.runs.display import run_html
+
+        return run_html(self)
 
 
 def load_run(path: str | Path) -> Run:

@@ -120,6 +120,12 @@ class ActivationStatsData:
 
         return plot_dead(self, layer)
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the statistics as the all-layer figure and each layer's last row (runs/display.py)."""
+        from convscope.runs.display import stats_html
+
+        return stats_html(self)
+
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}

@@ -59,6 +59,9 @@ from convscope.runs.store import atomic_save_npz, atomic_write_json, atomic_writ
 from convscope.stats.activations import DEFAULT_EVERY, DEFAULT_SAMPLE, STATS_FILE
 from convscope.stats.collector import HistRange, StatsCollector
 from convscope.stats.interval import DEFAULT_BUDGET
+from convscope.tensorboard.events import RunEvents, require_tensorboard
+
+TENSORBOARD_EVERY = 50  # steps between TensorBoard writes: a step count, so every process flushes at the same one
 
 
 class Watch:
@@ -66,7 +69,10 @@ class Watch:
                  with_hist: bool = True, bins: int = 40, hist_range: HistRange = "auto",
                  modules: Iterable[Any] | str | None = None, max_rows: int = 2048,
                  config: dict[str, Any] | None = None, scaler: Any = None, grad_stats: bool = True,
-                 sample: int | None = DEFAULT_SAMPLE, budget: float = DEFAULT_BUDGET) -> None:
+                 sample: int | None = DEFAULT_SAMPLE, budget: float = DEFAULT_BUDGET,
+                 tensorboard: str | Path | None = None) -> None:
+        if tensorboard is not None:
+            require_tensorboard()
         self.collector = StatsCollector(model, every=every, with_hist=with_hist, bins=bins, hist_range=hist_range,
                                         modules=modules, max_rows=max_rows, grad_stats=grad_stats, sample=sample,
                                         budget=budget)
@@ -84,6 +90,9 @@ class Watch:
         self.metrics: list[dict[str, Any]] = []
         self._grads_taken = False
         self._warned_blind = False
+        # TensorBoard event files in that folder, written every TENSORBOARD_EVERY steps, at log() and at close()
+        self.events = RunEvents(tensorboard) if tensorboard is not None and is_main() else None
+        self._tensorboard = tensorboard is not None
 
     def __enter__(self) -> Watch:
         if self.writes:
@@ -112,6 +121,8 @@ class Watch:
             values = {"loss": loss, **values}
         self.per_step.append({k: v.detach().float() if isinstance(v, torch.Tensor) else v for k, v in values.items()})
         self.n_steps += 1
+        if self._tensorboard and self.n_steps % TENSORBOARD_EVERY == 0:
+            self.write_events()
         self.collector.open_on_forward(self.n_steps)
 
     def _check_seen(self) -> None:
@@ -130,6 +141,8 @@ class Watch:
         """Add one row to metrics.jsonl (e.g. epoch=..., accuracy=...)."""
         self.metrics.append(metrics)
         self.save()
+        if self._tensorboard:
+            self.write_events()
 
     @property
     def data(self) -> ActivationStatsData:
@@ -168,11 +181,27 @@ class Watch:
         atomic_save_npz(self.run_dir / "steps.npz", self.step_arrays())
         data.save(self.run_dir / STATS_FILE)
 
+    def write_events(self) -> None:
+        """Write what was recorded since the last write into the TensorBoard folder (every process takes part:
+        bringing the statistics to the host combines them). Findings need a saved run: export-tensorboard."""
+        data = self.data
+        if self.events is None:
+            return
+        steps = self.step_arrays()
+        self.events.add_steps(steps)
+        self.events.add_stats(data)
+        self.events.add_metrics(self.metrics, steps, default_step=self.n_steps - 1)
+        self.events.flush()
+
     def close(self) -> None:
         """Remove the hooks and write the folder a last time (what leaving the `with` block does)."""
         self.collector.abandon_row()  # a forward pass after the last step() is no finished step
         self.collector.detach()
         self.save()
+        if self._tensorboard:
+            self.write_events()
+            if self.events is not None:
+                self.events.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
