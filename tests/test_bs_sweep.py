@@ -164,5 +164,7 @@ def test_a_diverging_setting_is_reported_not_fatal(runner, tmp_path):
     result = sweep(runner, tmp_path, "--bs", "256", "--lr", "100000", "--limit-train", "2048", "--device", "cpu")
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "runs" / "s" / "bs_sweep.json").read_text())["settings"][0]
-    assert "the loss became" in row["diverged"] and row["accuracy"] is None
+    # which turns non-finite first, the loss or a gradient, depends on float rounding (the thread count)
+    assert any(f"the {what} became" in row["diverged"] for what in ("loss", "gradient"))
+    assert row["accuracy"] is None
     assert "Every setting diverged" in result.stdout
