@@ -18,6 +18,7 @@ from convscope.dist.batchnorm import sync_batchnorm
 from convscope.dist.context import init_from_env, launch_env, on_main
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
+from convscope.experiments.live_findings import LiveFindings
 from convscope.experiments.setup import build_batches, build_model, default_run_name, versions
 from convscope.report.html import write_report
 from convscope.runs import load_run
@@ -43,6 +44,7 @@ class TrainResult:
     findings: list = field(default_factory=list)
     interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped the run
     report_stopped: bool = False  # the signal came after training, while the diagnosis and report were written
+    stopped_by: object = None  # the Finding that stopped training early (TrainConfig.stop_on), else None
 
     @property
     def metrics(self) -> list[dict]:
@@ -131,8 +133,14 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         callbacks.append(DistributedTrainer(device))
     if stats and not any(isinstance(cb, ActivationStats) for cb in cbs):
         callbacks.append(ActivationStats(every=cfg.stats_every))
-    if progress and dist_info.is_main:
-        callbacks.append(ProgressBar())
+    bar = ProgressBar() if progress and dist_info.is_main else None
+    if bar is not None:
+        callbacks.append(bar)
+    live = next((cb for cb in cbs if isinstance(cb, LiveFindings)), None)
+    if live is None and (stats or cfg.stop_on is not None):
+        # The rules run as it trains: findings at the step they become true, and --stop-on.
+        live = LiveFindings(config, run_dir, stop_on=cfg.stop_on, say=None if bar is None else bar.say)
+        callbacks.append(live)
     loss_func = F.cross_entropy
     if cfg.label_smoothing:
         loss_func = partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
@@ -158,6 +166,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         raise
     finally:
         result.interrupted = stopper.signum
+        result.stopped_by = None if live is None else live.stopped_by
         # After a refused write (disk full, read-only) the diagnosis and report would only fail the same way.
         # Under torchrun a stop by signal is followed by SIGKILL after 30 s: no time for the report, which
         # `convscope report RUN` writes later from the saved files.
@@ -166,7 +175,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
                 and not late:
             try:
                 with stop_on_signals():  # a signal now stops the report at once: the old one stays whole
-                    result.findings = _finish_run(run_dir, learn.exception)
+                    result.findings = _finish_run(run_dir, learn.exception, live)
             except SignalStop as stop:
                 result.report_stopped = stopper.signum is None  # else the stop in training is the news
                 result.interrupted = stopper.signum or stop.signum
@@ -211,9 +220,14 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _finish_run(run_dir: Path, exception: BaseException | None) -> list:
-    """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
+def _finish_run(run_dir: Path, exception: BaseException | None, live: LiveFindings | None = None) -> list:
+    """Diagnose the run and write findings.json and report.html (also after a failed fit). The findings keep
+    the step each was first seen at while training; the one that stopped the run (stop_on) leads."""
     findings = diagnose(load_run(run_dir))
+    if live is not None:
+        findings = live.found_at(findings)
+        if live.stopped_by is not None:
+            findings = [live.stopped_by, *(f for f in findings if f.rule not in ("healthy", live.stopped_by.rule))]
     if isinstance(exception, NonFiniteError):  # the guard's finding leads: it says why training stopped
         findings = [exception.finding, *(f for f in findings if f.rule != "healthy")]
     save_findings(run_dir, findings)
