@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,14 @@ TUNING_SEEDS = (0, 1)
 HELD_OUT_SEEDS = (2, 3, 4, 5, 6)
 
 # Ground truth: the rules that say a run has each fault class (its symptom, with a remedy for that cause).
-LR_HIGH = ("update_ratio_high", "loss_diverging", "loss_not_finite", "gradient_not_finite", "exploding_gradients",
+LR_HIGH = ("update_ratio_high", "weights_growing", "loss_diverging", "loss_not_finite", "gradient_not_finite",
+           "exploding_gradients",
            "exploding_activations", "loss_oscillating", "collapse_cycles", "near_zero_activations", "not_learning")
 LR_LOW = ("update_ratio_low", "not_learning", "still_learning")
 COLLAPSE = ("near_zero_activations", "collapse_cycles", "near_zero_growing", "vanishing_gradients", "not_learning",
             "loss_diverging", "no_signal")
-SCALE = ("exploding_activations", "vanishing_activations", "exploding_gradients", "update_ratio_high",
+SCALE = ("input_scale", "loss_above_chance", "exploding_activations", "vanishing_activations", "exploding_gradients",
+         "update_ratio_high",
          "near_zero_activations", "loss_diverging", "loss_not_finite", "not_learning", "collapse_cycles")
 SATURATED = ("saturated_activations", "vanishing_gradients", "not_learning", "still_learning")
 NO_GRADIENT = ("vanishing_gradients", "near_zero_activations", "frozen_parameters", "not_learning")
@@ -68,8 +70,9 @@ OUTPUTS = ("loss_floor",)
 LABELS = ("no_signal", "not_learning")
 FROZEN = ("frozen_parameters", "not_learning")
 WD_HIGH = ("weight_decay_high", "update_ratio_high", "not_learning", "near_zero_activations", "vanishing_gradients")
-DROPOUT = ("train_loss_above_valid",)
-NOISY = ("loss_oscillating", "update_ratio_high", "loss_diverging", "not_learning", "collapse_cycles",
+DROPOUT = ("dropout_high", "train_loss_above_valid")
+NOISY = ("batchnorm_small_batch", "loss_oscillating", "update_ratio_high", "loss_diverging", "not_learning",
+         "collapse_cycles",
          "near_zero_activations")
 
 
@@ -99,7 +102,7 @@ CONTROLS = (
     Case("fashion", None, {"dataset": "fashion-mnist"}, "the book recipe on Fashion-MNIST"),
     Case("nobn", None, NOBN, "no BatchNorm, fit_one_cycle(1, 0.01)"),
     Case("bs64", None, BS64, "the book recipe at bs 64 (20,000 images)"),
-    Case("bs4096", None, {"bs": 4096, "epochs": 5, "lr": 0.1}, "bs 4096, fit_one_cycle(5, 0.1)"),
+    Case("bs4096", None, {"bs": 4096, "epochs": 2, "lr": 0.1}, "bs 4096, fit_one_cycle(2, 0.1)"),
     Case("resnet", None, RESNET, "a torchvision-style ResNet (3 basic blocks, BN), bs 128, lr 0.01 (12,800 images)"),
 )
 
@@ -171,8 +174,9 @@ def train(case: Case, seed: int, out: str, settings: dict[str, Any] | None = Non
     from convscope.runs import load_run
     from convscope.stats.activations import ActivationStats
 
+    kind = "run" if settings is None else "rerun"
     settings = dict(case.settings if settings is None else settings)
-    cfg = TrainConfig(**settings, seed=seed, device="cpu", out=out, name=f"{case.name}-{seed}-{time.time_ns()}",
+    cfg = TrainConfig(**settings, seed=seed, device="cpu", out=out, name=f"{case.name}-{seed}-{kind}",
                       stats_every=STATS_EVERY)
     live = LiveFindings(cfg.to_dict())
     cbs = [ActivationStats(every=STATS_EVERY), live]
@@ -180,12 +184,37 @@ def train(case: Case, seed: int, out: str, settings: dict[str, Any] | None = Non
         cbs.append(ShuffledLabels(seed))
     start = time.perf_counter()
     result = run_training(cfg, cbs=cbs, stats=False)  # no report.html: the benchmark reads the findings itself
-    findings = live.found_at(diagnose(load_run(result.run_dir)))
+    run = load_run(result.run_dir)
+    findings = live.found_at(diagnose(run))
     steps = result.learn.total_steps
     return {"accuracy": float(result.metrics[-1]["accuracy"]) if result.metrics else float("nan"),
             "steps": steps, "seconds": time.perf_counter() - start, "checks": live.checks,
             "findings": [f.to_dict() for f in findings], "settings": settings,
-            "cfg": cfg}
+            "cfg": cfg, "probe": probe(run)}
+
+
+def probe(run: Any) -> dict[str, Any]:
+    """The numbers the rules' thresholds are about, for the tuning split (--json)."""
+    import numpy as np
+
+    loss = np.asarray(run.steps["loss"], dtype=float)
+    k = max(1, len(loss) // 10)
+    out: dict[str, Any] = {"loss_first": float(loss[:k].mean()), "loss_prev": float(loss[-2 * k:-k].mean()),
+                           "loss_last": float(loss[-k:].mean()), "loss_min": float(np.nanmin(loss)),
+                           "loss_cv_last": float(loss[-k:].std() / max(1e-12, loss[-k:].mean())),
+                           "valid_loss": run.metrics[-1].get("valid_loss") if run.metrics else None}
+    st = run.activation_stats
+    n = st.n_steps
+    mid = slice(n // 4, max(n // 4 + 1, 3 * n // 4))
+    for i, (name, kind) in enumerate(zip(st.layers, st.kinds)):
+        u = st.update_ratio[mid, i]
+        out[name] = {"kind": kind, "upd": float(np.nanmedian(u)) if np.isfinite(u).any() else None,
+                     "nz_end": float(np.nanmean(st.near_zero[-max(1, n // 4):, i])),
+                     "mean_end": float(np.nanmean(st.mean[-max(1, n // 4):, i])),
+                     "std_end": float(np.nanmean(st.std[-max(1, n // 4):, i])),
+                     "grad": float(np.nanmedian(st.grad_norm[:, i])) if np.isfinite(st.grad_norm[:, i]).any() else None,
+                     "frozen0": bool(st.frozen[0, i])}
+    return out
 
 
 def judge(case: Case, res: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +339,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few short cases, one seed (CI)")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--json", default=None, help="write every run's results here")
+    ap.add_argument("--keep", default=None, help="write the run folders here (default: a temporary folder)")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of docs/fault_bench.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -323,7 +353,8 @@ def main() -> None:
         names = set(args.cases.split(","))
         cases = [c for c in cases if c.name in names]
         controls = [c for c in controls if c.name in names or any(f.control == c.name for f in cases)]
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.keep or tmp
         result = run_bench(cases, controls, seeds, out, log=lambda line: print(line, flush=True))
     summary = summarise(cases, controls, result)
     if args.json:

@@ -118,12 +118,13 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """A torchvision-style ResNet sized for 28x28: stem, three stages of one basic block, average pool, fc."""
+    """A torchvision-style ResNet sized for 28x28: a stride-2 stem, three stages of one basic block, average
+    pool, fc."""
 
     def __init__(self, in_channels: int = 1, n_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64),
                  act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(widths[0])
         self.stem_act = act()
         blocks, c = [], widths[0]

@@ -166,7 +166,7 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "freeze-fraction-above-1", "shift-without-a-crop-in-a-config",
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
        "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config", "statistics-interval-0",
-       "statistics-interval-not-a-number")
+       "statistics-interval-not-a-number", "stop-on-a-severity-that-does-not-exist")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 

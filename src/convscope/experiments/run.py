@@ -23,6 +23,7 @@ from convscope.experiments.setup import build_batches, build_model, default_run_
 from convscope.report.html import write_report
 from convscope.runs import load_run
 from convscope.runs.checkpoint import load_checkpoint, resume_learner
+from convscope.runs.findings import Finding
 from convscope.runs.store import create_run_dir, read_json, remove_stale_temporaries
 from convscope.stats.activations import ActivationStats
 from convscope.train.callback import Callback
@@ -44,7 +45,7 @@ class TrainResult:
     findings: list = field(default_factory=list)
     interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped the run
     report_stopped: bool = False  # the signal came after training, while the diagnosis and report were written
-    stopped_by: object = None  # the Finding that stopped training early (TrainConfig.stop_on), else None
+    stopped_by: Finding | None = None  # the Finding that stopped training early (TrainConfig.stop_on), else None
 
     @property
     def metrics(self) -> list[dict]:
@@ -137,7 +138,9 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
     if bar is not None:
         callbacks.append(bar)
     live = next((cb for cb in cbs if isinstance(cb, LiveFindings)), None)
-    if live is None and (stats or cfg.stop_on is not None):
+    if live is not None:  # the caller's: it diagnoses this run, so it reads this run's settings and folder
+        live.config, live.run_dir = config, run_dir
+    elif stats or cfg.stop_on is not None:
         # The rules run as it trains: findings at the step they become true, and --stop-on.
         live = LiveFindings(config, run_dir, stop_on=cfg.stop_on, say=None if bar is None else bar.say)
         callbacks.append(live)
