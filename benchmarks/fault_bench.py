@@ -71,7 +71,7 @@ LABELS = ("no_signal", "not_learning")
 FROZEN = ("frozen_parameters", "not_learning")
 WD_HIGH = ("weight_decay_high", "update_ratio_high", "not_learning", "near_zero_activations", "vanishing_gradients")
 DROPOUT = ("dropout_high", "train_loss_above_valid")
-NOISY = ("batchnorm_small_batch", "loss_oscillating", "update_ratio_high", "loss_diverging", "not_learning",
+NOISY = ("batchnorm_small_batch", "exploding_gradients", "loss_oscillating", "update_ratio_high", "loss_diverging", "not_learning",
          "collapse_cycles",
          "near_zero_activations")
 
@@ -92,7 +92,7 @@ class Case:
 BOOK: dict[str, Any] = {}  # TrainConfig's defaults: BN, bs 512, fit_one_cycle(1, 0.06), full MNIST
 NOBN = {"bn": False, "lr": 0.01}  # no BatchNorm at a sane lr
 BS64 = {"bs": 64, "limit_train": 20000}
-RESNET = {"model": "fault_models:resnet", "bs": 128, "limit_train": 12800, "lr": 0.01}
+RESNET = {"model": "fault_models:resnet", "bs": 128, "limit_train": 8192, "lr": 0.01}
 
 CONTROLS = (
     Case("book", None, BOOK, "the fastai book's recipe (BN, bs 512, fit_one_cycle(1, 0.06))", quick=True),
@@ -102,8 +102,9 @@ CONTROLS = (
     Case("fashion", None, {"dataset": "fashion-mnist"}, "the book recipe on Fashion-MNIST"),
     Case("nobn", None, NOBN, "no BatchNorm, fit_one_cycle(1, 0.01)"),
     Case("bs64", None, BS64, "the book recipe at bs 64 (20,000 images)"),
-    Case("bs4096", None, {"bs": 4096, "epochs": 2, "lr": 0.1}, "bs 4096, fit_one_cycle(2, 0.1)"),
-    Case("resnet", None, RESNET, "a torchvision-style ResNet (3 basic blocks, BN), bs 128, lr 0.01 (12,800 images)"),
+    Case("bs4096", None, {"bs": 4096, "epochs": 2, "lr": 0.1, "limit_train": 40960}, "bs 4096, fit_one_cycle(2, 0.1) "
+         "(40,960 images: 20 steps)"),
+    Case("resnet", None, RESNET, "a torchvision-style ResNet (3 basic blocks, BN), bs 128, lr 0.01 (8,192 images)"),
 )
 
 FAULTS = (
@@ -324,6 +325,17 @@ def table(cases: list[Case], controls: list[Case], result: dict[str, Any]) -> st
     return "\n".join(lines)
 
 
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows of several --json files as one result (the control accuracies: their means over all runs)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for name, rs in part["rows"].items():
+            rows.setdefault(name, []).extend(rs)
+    control_acc = {name: statistics.mean(r["accuracy"] for r in rs) for name, rs in rows.items()
+                   if rs and "false_positive" in rs[0]}
+    return {"rows": rows, "control_acc": control_acc}
+
+
 def quick_cases() -> tuple[list[Case], list[Case]]:
     """--quick: the cases marked quick, on 6,400 training images (bs as the case says)."""
     def short(c: Case) -> Case:
@@ -340,6 +352,9 @@ def main() -> None:
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--json", default=None, help="write every run's results here")
     ap.add_argument("--keep", default=None, help="write the run folders here (default: a temporary folder)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="combine the --json files of runs over different seeds (e.g. run in two processes) and "
+                         "print their summary")
     ap.add_argument("--table", action="store_true", help="print the markdown tables of docs/fault_bench.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -353,9 +368,14 @@ def main() -> None:
         names = set(args.cases.split(","))
         cases = [c for c in cases if c.name in names]
         controls = [c for c in controls if c.name in names or any(f.control == c.name for f in cases)]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.keep or tmp
-        result = run_bench(cases, controls, seeds, out, log=lambda line: print(line, flush=True))
+    if args.merge:
+        result = merged([json.loads(Path(path).read_text()) for path in args.merge])
+        present = set(result["rows"])
+        cases, controls = [c for c in cases if c.name in present], [c for c in controls if c.name in present]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = args.keep or tmp
+            result = run_bench(cases, controls, seeds, out, log=lambda line: print(line, flush=True))
     summary = summarise(cases, controls, result)
     if args.json:
         rows = {k: [{kk: vv for kk, vv in r.items() if kk != "cfg"} for r in v] for k, v in result["rows"].items()}

@@ -43,11 +43,12 @@ class ReadFindingsMidRun(Callback):
 
     order = 1001
 
-    def __init__(self) -> None:
+    def __init__(self, path) -> None:
+        self.path = path
         self.seen: list[tuple[int, list[str]]] = []
 
     def after_batch(self) -> None:
-        path = self.learn.cbs[0].path / "findings.json"  # RunSaver is the first callback: its folder
+        path = self.path
         if self.learn.training and self.learn.train_iter % 10 == 0 and path.exists():
             self.seen.append((self.learn.train_iter, [row["rule"] for row in json.loads(path.read_text())]))
 
@@ -70,9 +71,10 @@ def test_the_failing_case_stops_early_with_its_checkpoint_and_finding(data_dir, 
     assert checkpoint is not None and (run / "checkpoint" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_findings_appear_while_training_and_keep_their_first_step(data_dir, tmp_path):
     cfg = TrainConfig(**FAILING, data_root=str(data_dir), out=str(tmp_path), name="r", device="cpu")
-    live, reader = LiveFindings(every=4), ReadFindingsMidRun()
+    live, reader = LiveFindings(every=4), ReadFindingsMidRun(tmp_path / "r" / "findings.json")
     result = run_training(cfg, cbs=[live, reader])
     assert result.stopped_by is None
     # findings.json existed mid-run, written by the live check, before the run ended
