@@ -71,7 +71,8 @@ LABELS = ("no_signal", "not_learning")
 FROZEN = ("frozen_parameters", "not_learning")
 WD_HIGH = ("weight_decay_high", "update_ratio_high", "not_learning", "near_zero_activations", "vanishing_gradients")
 DROPOUT = ("dropout_high", "train_loss_above_valid")
-NOISY = ("batchnorm_small_batch", "exploding_gradients", "loss_oscillating", "update_ratio_high", "loss_diverging", "not_learning",
+NOISY = ("batchnorm_small_batch", "exploding_gradients", "loss_oscillating", "update_ratio_high", "loss_diverging",
+         "not_learning",
          "collapse_cycles",
          "near_zero_activations")
 
