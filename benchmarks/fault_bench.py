@@ -293,12 +293,16 @@ def summarise(cases: list[Case], controls: list[Case], result: dict[str, Any]) -
     detected = [r for r in fault_rows if r["detected"]]
     with_layer = [r for c in cases if c.layer for r in rows[c.name] if r["detected"]]
     fixed = [r for r in detected if r["fixed"] is not None]
+    # The faults that are settings (no model factory, no label change): the only ones a rerun can remove.
+    setting = [r for c in cases if "model" not in c.settings and c.labels is None for r in rows[c.name]
+               if r["detected"] and r["fixed"] is not None]
     return {
         "recall": len(detected) / max(1, len(fault_rows)),
         "false_positive_runs": sum(r["false_positive"] for c in controls for r in rows[c.name]),
         "localised": sum(bool(r["localised"]) for r in with_layer) / max(1, len(with_layer)),
         "median_detect_frac": statistics.median([r["detect_frac"] for r in detected]) if detected else float("nan"),
         "fixed": sum(bool(r["fixed"]) for r in fixed) / max(1, len(fixed)),
+        "fixed_setting_faults": sum(bool(r["fixed"]) for r in setting) / max(1, len(setting)),
         "control_runs": sum(len(rows[c.name]) for c in controls), "fault_runs": len(fault_rows),
         "detected_runs": len(detected),
     }
