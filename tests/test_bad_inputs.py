@@ -167,7 +167,7 @@ def setup(*keys: str) -> Callable[[Callable[[Case], None]], Callable[[Case], Non
        "crop-plus-its-shift-margin-larger-than-the-images", "model-whose-module-does-not-exist",
        "model-too-big-for-memory", "unknown-precision", "unknown-precision-in-a-config", "statistics-interval-0",
        "statistics-interval-not-a-number", "view-of-a-missing-folder", "flush-interval-below-0",
-       "export-tensorboard-of-a-missing-run")
+       "export-tensorboard-of-a-missing-run", "stop-on-a-severity-that-does-not-exist")
 def plain(case: Case) -> None:
     """The tiny MNIST as it is: the command alone is the bad input."""
 

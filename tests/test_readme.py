@@ -58,6 +58,7 @@ TABLE_NOT_RUN = {  # command table row start -> where it is tested instead
     "convscope train [--crop": "tests/test_recipes.py",  # the fast recipe sets all three; bad values: test_bad_inputs
     "convscope lr-find": "tests/test_cli_lr_find.py",
     "convscope rerun": "tests/test_rerun.py",
+    "convscope train --stop-on": "tests/diagnose/test_live.py",
     "convscope lr-study": "tests/test_lr_study.py",
     "convscope bs-sweep": "tests/test_bs_sweep.py",
     "convscope view": "tests/view/test_browser.py",  # serves until Ctrl-C: started and stopped there

@@ -16,6 +16,9 @@ SCHEDULES = ("one-cycle", "constant")
 OPTIMIZER_NAMES = ("adamw", "sgd")
 # The training precisions (train/learner.py maps them to autocast dtypes): float32, or autocast to bf16 / fp16.
 PRECISIONS = ("32", "bf16", "fp16")
+# The severities `stop_on` may name: those of runs/findings.py's SEVERITIES that ask for a change ("info" never
+# stops a run). Listed here because config sits below runs; tests/diagnose/test_live.py checks they agree.
+STOP_ON_SEVERITIES = ("high", "medium", "low")
 
 
 # MODULE:FACTORY, e.g. "mymodels:resnet" or "pkg.models:Net.build": dotted Python names on both sides.
@@ -83,6 +86,8 @@ class TrainConfig:
     limit_train: int | None = None  # use only the first N training images (quick experiments, tests)
     # ActivationStats' recording interval: "auto" (chosen from measured time, stats/interval.py) or N steps
     stats_every: int | str = "auto"
+    # Stop training at the first finding at least this severe (the rules run as it trains): None never stops.
+    stop_on: str | None = None
     out: str = "runs"
     name: str | None = None
     # TensorBoard log folder: event files go to <tensorboard>/<run name> while the run trains (None: none)
@@ -144,6 +149,9 @@ class TrainConfig:
             check_whole_number("limit_train", self.limit_train)
         if self.stats_every != "auto":
             check_whole_number("stats_every", self.stats_every, note="or 'auto'")
+        if self.stop_on is not None and self.stop_on not in STOP_ON_SEVERITIES:
+            raise ConfigError(f"stop_on must be one of {', '.join(STOP_ON_SEVERITIES)} (stop at the first finding at "
+                              f"least that severe), got {self.stop_on!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"run name {self.name!r} must be a plain folder name")
 

@@ -16,14 +16,15 @@ KINDS = ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d"]
 
 
 def make_stats(n=100, **overrides) -> ActivationStatsData:
-    """Healthy-looking statistics: near-zero ~50% after ReLU, std ~1, gradients ~1e-2, updates ~1e-3."""
+    """Healthy-looking statistics: near-zero ~50% after ReLU, std ~1, gradients ~1e-2, updates ~1e-2 (what AdamW
+    gives at the book's lr: 0.011-0.026 in the fault benchmark's healthy controls)."""
     L = len(LAYERS)
     has_params = np.array([k != "ReLU" for k in KINDS])
     arrays = {
         "mean": np.full((n, L), 0.3), "std": np.full((n, L), 1.0), "near_zero": np.full((n, L), 0.5),
         "dead": np.zeros((n, L)), "hist": np.zeros((n, L, 40), np.float32),
         "grad_norm": np.where(has_params, 1e-2, np.nan) * np.ones((n, L)),
-        "update_ratio": np.where(has_params, 1e-3, np.nan) * np.ones((n, L)),
+        "update_ratio": np.where(has_params, 1e-2, np.nan) * np.ones((n, L)),
     }
     arrays.update(overrides)
     return ActivationStatsData(layers=LAYERS, steps=np.arange(n), hist_range=np.tile([0.0, 10.0], (L, 1)),
@@ -33,7 +34,9 @@ def make_stats(n=100, **overrides) -> ActivationStatsData:
 @dataclass
 class FakeRun:
     stats: ActivationStatsData | None = None
-    steps: dict = field(default_factory=lambda: {"step": np.arange(100), "loss": np.linspace(2.3, 0.1, 100)})
+    # a loss that falls and levels off, as a finished healthy run's does
+    steps: dict = field(default_factory=lambda: {"step": np.arange(100),
+                                                 "loss": 0.1 + 2.2 * np.exp(-np.arange(100) / 10)})
     metrics: list = field(default_factory=list)
 
     @property
@@ -121,7 +124,7 @@ def test_vanishing_and_exploding_gradients():
     assert R.gradient_health(FakeRun(make_stats())) == []
 
 
-@pytest.mark.parametrize("ratio, rule", [(0.1, "update_ratio_high"), (1e-7, "update_ratio_low"), (1e-3, None)])
+@pytest.mark.parametrize("ratio, rule", [(0.3, "update_ratio_high"), (1e-7, "update_ratio_low"), (1e-2, None)])
 def test_update_ratio(ratio, rule):
     u = np.where(np.array([k != "ReLU" for k in KINDS]), ratio, np.nan) * np.ones((100, 6))
     fired = rules_fired(R.gradient_health(FakeRun(make_stats(update_ratio=u))))
@@ -153,14 +156,15 @@ def test_findings_sorted_by_severity_and_round_trip_json(tmp_path):
     nz[:, 4] = np.linspace(0.4, 0.9, 100)
     run = FakeRun(make_stats(near_zero=nz), steps={"step": np.arange(100), "loss": np.full(100, 2.3)})
     findings = diagnose(run)
-    assert [f.severity for f in findings] == ["high", "medium"]
+    # the flat loss at ln 10 with moving weights: not_learning and no_signal; the growing near-zero share: medium
+    assert [f.severity for f in findings] == ["high", "high", "medium"]
     save_findings(tmp_path, findings)
     assert load_findings(tmp_path) == findings
 
 
 def test_run_without_statistics_still_gets_loss_rules():
     assert rules_fired(diagnose(FakeRun(None, steps={"step": np.arange(50), "loss": np.full(50, 2.3)}))) == {
-        "not_learning"}
+        "not_learning", "no_signal"}
 
 
 def test_batch_size_advice_from_noise_scale_file(tmp_path):

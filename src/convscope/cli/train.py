@@ -80,6 +80,9 @@ def train_command(
     tensorboard: Annotated[str | None, typer.Option(help="write TensorBoard event files while training, into "
                                                          "DIR/<run name> (needs convscope[tensorboard])",
                                                     metavar="DIR")] = None,
+    stop_on: Annotated[str | None, typer.Option(help="stop training at the first finding at least this severe "
+                                                     "(high, medium or low), with the checkpoint and findings "
+                                                     "saved; the rules run as it trains")] = None,
 ) -> None:
     """Train the book's simple CNN (or --model) and write a run folder (config, metrics, steps, stats, checkpoint,
     findings, report). Ctrl-C stops at the next batch with everything saved; --resume continues."""
@@ -114,7 +117,7 @@ def train_command(
         cfg = TrainConfig(dataset=dataset, data_root=data_root, bn=bn, schedule=schedule, seed=seed, device=device,
                           model=model, out=out, name=name, limit_train=limit_train, sync_bn=sync_bn, recipe=recipe,
                           precision=precision, compile=compile_model, stats_every=_interval(stats_every),
-                          tensorboard=tensorboard, **settings)
+                          tensorboard=tensorboard, stop_on=stop_on, **settings)
     try:
         result = run_training(cfg, progress=sys.stderr.isatty(), resume=resume, checkpoint_every=checkpoint_every,
                               flush_seconds=flush_every or None)
@@ -158,6 +161,14 @@ def train_command(
                   f"step ({result.learn.train_iter}); the training is finished and saved, report.html is left as it "
                   f"was. Write the report with: convscope report {result.run_dir}", soft_wrap=True)
         raise typer.Exit(128 + result.interrupted)
+    if result.stopped_by is not None and result.interrupted is None:
+        f = result.stopped_by
+        where = f" in {f.layer}" if f.layer else ""
+        err.print(f"stopped at step {result.learn.train_iter} of {result.learn.total_steps} (--stop-on {cfg.stop_on}): "
+                  f"[{f.severity}] {f.rule}{where}, true since step {f.found_at}; checkpoint and findings.json saved "
+                  f"in {result.run_dir}. Train again with its remedies: convscope rerun {result.run_dir} "
+                  "--apply-remedies", soft_wrap=True)
+        return
     if result.interrupted is not None:
         learn = result.learn
         report = f"; write its report with: convscope report {result.run_dir}" if rank.distributed else ""

@@ -18,11 +18,13 @@ from convscope.dist.batchnorm import sync_batchnorm
 from convscope.dist.context import init_from_env, launch_env, on_main
 from convscope.dist.devices import resolve_device
 from convscope.errors import ConfigError, RunError
+from convscope.experiments.live_findings import LiveFindings
 from convscope.experiments.setup import build_batches, build_model, default_run_name, versions
 from convscope.experiments.tensorboard import TensorBoard
 from convscope.report.html import write_report
 from convscope.runs import load_run
 from convscope.runs.checkpoint import load_checkpoint, resume_learner
+from convscope.runs.findings import Finding
 from convscope.runs.store import create_run_dir, read_json, remove_stale_temporaries
 from convscope.stats.activations import ActivationStats
 from convscope.tensorboard.events import check_log_dir, require_tensorboard
@@ -45,6 +47,7 @@ class TrainResult:
     findings: list = field(default_factory=list)
     interrupted: int | None = None  # the signal number when SIGINT/SIGTERM stopped the run
     report_stopped: bool = False  # the signal came after training, while the diagnosis and report were written
+    stopped_by: Finding | None = None  # the Finding that stopped training early (TrainConfig.stop_on), else None
 
     @property
     def metrics(self) -> list[dict]:
@@ -141,8 +144,16 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         callbacks.append(DistributedTrainer(device))
     if stats and not any(isinstance(cb, ActivationStats) for cb in cbs):
         callbacks.append(ActivationStats(every=cfg.stats_every))
-    if progress and dist_info.is_main:
-        callbacks.append(ProgressBar())
+    bar = ProgressBar() if progress and dist_info.is_main else None
+    if bar is not None:
+        callbacks.append(bar)
+    live = next((cb for cb in cbs if isinstance(cb, LiveFindings)), None)
+    if live is not None:  # the caller's: it diagnoses this run, so it reads this run's settings and folder
+        live.config, live.run_dir = config, run_dir
+    elif stats or cfg.stop_on is not None:
+        # The rules run as it trains: findings at the step they become true, and --stop-on.
+        live = LiveFindings(config, run_dir, stop_on=cfg.stop_on, say=None if bar is None else bar.say)
+        callbacks.append(live)
     # One log folder per run under cfg.tensorboard, so `tensorboard --logdir` lists runs side by side; the
     # findings are those of the saved run, written after _finish_run below.
     board = TensorBoard(Path(cfg.tensorboard) / run_dir.name, findings=False) if cfg.tensorboard else None
@@ -173,6 +184,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
         raise
     finally:
         result.interrupted = stopper.signum
+        result.stopped_by = None if live is None else live.stopped_by
         # After a refused write (disk full, read-only) the diagnosis and report would only fail the same way.
         # Under torchrun a stop by signal is followed by SIGKILL after 30 s: no time for the report, which
         # `convscope report RUN` writes later from the saved files.
@@ -181,7 +193,7 @@ def run_training(cfg: TrainConfig, progress: bool = False, cbs: Sequence[Callbac
                 and not late:
             try:
                 with stop_on_signals():  # a signal now stops the report at once: the old one stays whole
-                    result.findings = _finish_run(run_dir, learn.exception)
+                    result.findings = _finish_run(run_dir, learn.exception, live)
                     if board is not None:
                         board.add_findings(result.findings)
             except SignalStop as stop:
@@ -228,9 +240,14 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _finish_run(run_dir: Path, exception: BaseException | None) -> list:
-    """Diagnose the run and write findings.json and report.html (also after a failed fit)."""
+def _finish_run(run_dir: Path, exception: BaseException | None, live: LiveFindings | None = None) -> list:
+    """Diagnose the run and write findings.json and report.html (also after a failed fit). The findings keep
+    the step each was first seen at while training; the one that stopped the run (stop_on) leads."""
     findings = diagnose(load_run(run_dir))
+    if live is not None:
+        findings = live.found_at(findings)
+        if live.stopped_by is not None:
+            findings = [live.stopped_by, *(f for f in findings if f.rule not in ("healthy", live.stopped_by.rule))]
     if isinstance(exception, NonFiniteError):  # the guard's finding leads: it says why training stopped
         findings = [exception.finding, *(f for f in findings if f.rule != "healthy")]
     save_findings(run_dir, findings)

@@ -30,6 +30,9 @@ class Finding:
     # The remedy as `convscope train` settings, for `convscope rerun --apply-remedies`: a value to set
     # ({"bn": True}) or, for a number, a factor written "x<factor>" ({"lr": "x0.1"}). Empty: nothing to set.
     change: dict[str, Any] = field(default_factory=dict)
+    # The training step at which the finding first became true while the run trained (the rules run on the
+    # statistics as they grow, experiments/live_findings.py); None when it was only found after training.
+    found_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -51,7 +54,7 @@ class Finding:
     def from_dict(cls, d: dict[str, Any]) -> Finding:
         steps = tuple(d["steps"]) if d.get("steps") is not None else None
         return cls(d["rule"], d["severity"], d.get("layer"), steps, d["evidence"], d["remedy"],
-                   tuple(d.get("layers", ())), dict(d.get("change", {})))
+                   tuple(d.get("layers", ())), dict(d.get("change", {})), d.get("found_at"))
 
 
 class Findings(list):
@@ -103,6 +106,9 @@ def _finding_problem(row: object) -> str | None:
     if steps is not None and not (isinstance(steps, list) and len(steps) == 2
                                   and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
         return "has steps that are not two whole numbers"
+    found_at = row.get("found_at")
+    if found_at is not None and (isinstance(found_at, bool) or not isinstance(found_at, int)):
+        return "has a found_at that is not a whole number"
     layers = row.get("layers", [])
     if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
         return "has layers that are not a list of text"

@@ -20,6 +20,11 @@ from convscope.errors import ConfigError
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    # Not activations inside a network, but a model that ends in one feeds probabilities to a cross-entropy
+    # loss (softmax applied twice): watching it lets the diagnosis say so (rules.bounded_outputs).
+    nn.Softmax, nn.Softmin,
+    # Dropout: its zeros while training show the share it drops (rules.dropout_high).
+    nn.Dropout, nn.Dropout2d,
 )
 
 HookFn = Callable[[nn.Module, Any, Any], None]

@@ -51,5 +51,10 @@ class ProgressBar(Callback):
             fields["speed"] = f"{self.samples / max(1e-9, time.perf_counter() - self.start):,.0f}"
         self.progress.update(self.task, advance=1, **fields)
 
+    def say(self, line: str) -> None:
+        """Print a line while the bar is shown (rich keeps the bar below the lines printed): live findings."""
+        progress = getattr(self, "progress", None)
+        (progress.console if progress is not None else self.console).print(line, soft_wrap=True, highlight=False)
+
     def after_fit(self) -> None:
         self.progress.stop()
