@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 
+# A test worker of pytest-xdist (pyproject.toml's addopts runs two): one torch thread in it and in the
+# commands it starts, so two workers on two cores do not fight over them (oversubscribed, torch's threads
+# spin and every op slows down several-fold).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 DATA_VARIABLES = ("CONVSCOPE_TEST_DATA", "CONVSCOPE_DATA")
 DATA_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

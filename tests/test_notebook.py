@@ -1,7 +1,7 @@
 """docs/chapter13.ipynb executes on a real Jupyter kernel (nbclient + ipykernel) and tells the chapter's story.
 
-Slow-marked: it trains six small runs (~1 min on an idle 2-core machine, several under load), past the
-default run's budget; `python -m pytest -m slow tests/test_notebook.py` runs it.
+It trains six small runs (~1 min on an idle 2-core machine): part of the default run, so CI executes the
+notebook every time (the test workers run files side by side, pyproject.toml's addopts).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ def test_the_committed_notebook_has_no_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-@pytest.mark.slow
 def test_the_chapter_13_notebook_runs_and_shows_the_chapter(data_dir, tmp_path, monkeypatch):
     # The kernel is a new process: it must import this checkout's convscope and find the real data.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
