@@ -180,7 +180,7 @@ def train(case: Case, seed: int, out: str, settings: dict[str, Any] | None = Non
     settings = dict(case.settings if settings is None else settings)
     cfg = TrainConfig(**settings, seed=seed, device="cpu", out=out, name=f"{case.name}-{seed}-{kind}",
                       stats_every=STATS_EVERY)
-    live = LiveFindings(cfg.to_dict())
+    live = LiveFindings(cfg.to_dict(), budget=None)  # every 2% of the steps, whatever a check costs
     cbs = [ActivationStats(every=STATS_EVERY), live]
     if case.labels == "shuffled":
         cbs.append(ShuffledLabels(seed))

@@ -95,3 +95,27 @@ def test_stop_on_takes_a_severity_name_only(bad):
 
     with pytest.raises(ConfigError, match="stop_on must be one of high, medium, low"):
         TrainConfig(stop_on=bad)
+
+
+@pytest.mark.parametrize("budget", [0.01, None])
+def test_checks_that_cost_more_than_their_budget_come_less_often(monkeypatch, budget):
+    """A check of 5 ms after steps of ~0.1 ms is far over 1% of the training time: the interval doubles from
+    every 4 steps up to total/8 (never fewer than 8 checks); without a budget it stays at 2% of the steps."""
+    import time
+    from types import SimpleNamespace
+
+    live = LiveFindings(budget=budget)
+    checked: list[int] = []
+    monkeypatch.setattr(live, "check", lambda: (checked.append(live.learn.train_iter), time.sleep(0.005)))
+    live.learn = SimpleNamespace(training=True, train_iter=0, total_steps=200, cbs=[])
+    live.before_fit()
+    for step in range(200):
+        live.learn.train_iter = step
+        live.before_batch()
+        time.sleep(0.0001)  # the step
+        live.after_batch()
+    if budget is None:
+        assert checked == list(range(0, 200, 4))
+    else:
+        assert live._every == 16 and 200 // 16 <= len(checked) <= 200 // 8  # 200 // 8 = 25: the widest is 16
+        assert all(s % 4 == 0 for s in checked) and checked[-1] % 16 == 0
