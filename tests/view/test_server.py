@@ -132,3 +132,38 @@ def test_a_busy_port_and_a_missing_folder_are_refused(served, tmp_path):
         make_server([str(runs)], server.server_address[1])
     with pytest.raises(RunError, match="does not exist"):
         make_server([str(tmp_path / "nowhere")], 0)
+
+
+def test_a_browser_that_leaves_mid_answer_is_no_error(served, capsys, monkeypatch):
+    """A page closed while plotly.min.js (~4 MB) is on its way: the write fails with a broken pipe or a
+    reset, which the server must take quietly (socketserver's default prints a traceback)."""
+    import socket
+    import struct
+    import sys as _sys
+    import time
+
+    from convscope.view.server import ViewHTTPServer
+
+    server, _, _ = served
+    seen: list[type] = []
+    original = ViewHTTPServer.handle_error
+
+    def recording(self, request_, client_address):
+        seen.append(type(_sys.exc_info()[1]))
+        original(self, request_, client_address)
+
+    monkeypatch.setattr(ViewHTTPServer, "handle_error", recording)
+    for _ in range(20):  # until one write fails (the answer may fit the socket's buffers before the reset)
+        sock = socket.create_connection(("127.0.0.1", server.server_address[1]))
+        sock.sendall(b"GET /plotly.min.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.recv(1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        sock.close()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if seen:
+            break
+    assert seen and all(t in (BrokenPipeError, ConnectionResetError) for t in seen), seen
+    assert request(server, "/")[0] == 200  # still serving
+    assert "Traceback" not in capsys.readouterr().err

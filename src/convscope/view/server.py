@@ -10,6 +10,7 @@ to a file elsewhere reads as missing).
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,6 +200,13 @@ class ViewHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.server_address[1]}/"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A browser that closed its page (or reloaded it) while an answer was on its way: nothing went wrong
+        # here, and socketserver's default would print a traceback for it.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(paths: list[str], port: int = 0) -> ViewHTTPServer:
