@@ -22,18 +22,14 @@ diagnosis (diagnose/); the event files themselves are made from plain arrays in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from convscope.diagnose import diagnose, load_findings
+from convscope.diagnose.live import RunSoFar
 from convscope.dist.context import is_main
 from convscope.errors import ConfigError, RunError
 from convscope.runs.findings import Finding
 from convscope.runs.run import load_run
-from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats.activations import ActivationStats
 from convscope.tensorboard.events import RunEvents, check_log_dir, require_tensorboard
 from convscope.train.callback import Callback, ResumePoint
@@ -41,22 +37,6 @@ from convscope.train.callback import Callback, ResumePoint
 __all__ = ["DEFAULT_EVERY", "TensorBoard", "export_tensorboard"]
 
 DEFAULT_EVERY = 50  # optimizer steps between writes: ~2-10 s of the book's model on a laptop CPU
-
-
-@dataclass
-class _LiveRun:
-    """What diagnose() reads of a run, taken from a learner that has no run folder."""
-
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    steps: dict[str, np.ndarray]
-    activation_stats: ActivationStatsData | None
-    path: None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def has_stats(self) -> bool:
-        return self.activation_stats is not None
 
 
 class TensorBoard(Callback):
@@ -130,11 +110,12 @@ class TensorBoard(Callback):
             self.events.add_findings(findings)
             self.events.close()
 
-    def _live_run(self) -> _LiveRun:
+    def _live_run(self) -> RunSoFar:
+        """What diagnose() reads of a run, taken from a learner that has no run folder: the whole run."""
         stats_cb = self._stats()
         data = stats_cb.data if stats_cb is not None and stats_cb.collector is not None else None
-        return _LiveRun(config={}, metrics=list(self.learn.recorder.epochs), steps=self.learn.recorder.step_arrays(),
-                        activation_stats=data)
+        return RunSoFar(config={}, metrics=list(self.learn.recorder.epochs), steps=self.learn.recorder.step_arrays(),
+                        activation_stats=data, progress=1.0, complete=True)
 
 
 def export_tensorboard(runs: Sequence[str | Path], log_dir: str | Path) -> list[Path]:

@@ -81,11 +81,6 @@ def _edge(at: float, lo: float, hi: float, fine_width: float) -> int | None:
     return int(round(m)) if lo <= at <= hi and abs(m - round(m)) < 1e-6 else None
 
 
-def fine_factor(bins: int, lo: float, hi: float) -> int:
-    """Sub-bins per bin so that a sub-bin edge falls at NEAR_ZERO; 0 when that is impossible here."""
-    return bin_layout(bins, lo, hi).fine
-
-
 def channels_innermost(x: torch.Tensor) -> bool:
     """Whether x is a channels_last [N, C, H, W] tensor whose channels are innermost in memory (and not
     also contiguous, as it is when H = W = 1)."""
