@@ -60,12 +60,12 @@ LR_HIGH = ("update_ratio_high", "weights_growing", "loss_diverging", "loss_not_f
 LR_LOW = ("update_ratio_low", "not_learning", "still_learning")
 COLLAPSE = ("near_zero_activations", "collapse_cycles", "near_zero_growing", "vanishing_gradients", "not_learning",
             "loss_diverging", "no_signal")
-SCALE = ("input_scale", "loss_above_chance", "exploding_activations", "vanishing_activations", "exploding_gradients",
-         "update_ratio_high",
-         "near_zero_activations", "loss_diverging", "loss_not_finite", "not_learning", "collapse_cycles")
+SCALE = ("input_scale", "init_scale", "loss_above_chance", "exploding_activations", "vanishing_activations",
+         "exploding_gradients", "update_ratio_high", "near_zero_activations", "loss_diverging", "loss_not_finite",
+         "not_learning", "collapse_cycles")
 SATURATED = ("saturated_activations", "vanishing_gradients", "not_learning", "still_learning")
-NO_GRADIENT = ("vanishing_gradients", "near_zero_activations", "frozen_parameters", "not_learning")
-DEAD = ("near_zero_activations", "near_zero_growing", "collapse_cycles")
+NO_GRADIENT = ("dead_at_init", "vanishing_gradients", "near_zero_activations", "frozen_parameters", "not_learning")
+DEAD = ("dead_at_init", "near_zero_activations", "near_zero_growing", "collapse_cycles")
 OUTPUTS = ("loss_floor",)
 LABELS = ("no_signal", "not_learning")
 FROZEN = ("frozen_parameters", "not_learning")
@@ -103,6 +103,8 @@ CONTROLS = (
     Case("fashion", None, {"dataset": "fashion-mnist"}, "the book recipe on Fashion-MNIST"),
     Case("nobn", None, NOBN, "no BatchNorm, fit_one_cycle(1, 0.01)"),
     Case("bs64", None, BS64, "the book recipe at bs 64 (20,000 images)"),
+    Case("fashion_bs64", None, {"dataset": "fashion-mnist", **BS64}, "the book recipe on Fashion-MNIST at bs 64 "
+         "(20,000 images)"),
     Case("bs4096", None, {"bs": 4096, "epochs": 2, "lr": 0.1, "limit_train": 40960}, "bs 4096, fit_one_cycle(2, 0.1) "
          "(40,960 images: 20 steps)"),
     Case("resnet", None, RESNET, "a torchvision-style ResNet (3 basic blocks, BN), bs 128, lr 0.01 (8,192 images)"),
@@ -115,7 +117,7 @@ FAULTS = (
          "the book's failing case: no BN, constant lr 0.06, bs 64", COLLAPSE, control="bs64", quick=True),
     Case("fashion_no_bn", "activations collapse", {"dataset": "fashion-mnist", "bn": False, "schedule": "constant",
                                                    "lr": 0.06, **BS64},
-         "the book's failing case on Fashion-MNIST", COLLAPSE, control="fashion"),
+         "the book's failing case on Fashion-MNIST", COLLAPSE, control="fashion_bs64"),
     Case("unnormalised", "input scale", {**NOBN, "model": "fault_models:unnormalised_cnn"},
          "0-255 pixels into the no-BN CNN", SCALE, control="nobn"),
     Case("sigmoid", "saturating activations", {**NOBN, "model": "fault_models:sigmoid_cnn"},
@@ -135,8 +137,9 @@ FAULTS = (
     Case("wd_high", "weight decay too high", {"wd": 10.0}, "weight decay 10 (1000x the default)", WD_HIGH),
     Case("dropout", "regularisation too strong", {"model": "fault_models:dropout_cnn"},
          "nn.Dropout(0.9) after every hidden block", DROPOUT),
-    Case("bs2", "batch too small for the lr", {"bs": 2, "limit_train": 3000},
-         "bs 2 at the book's lr 0.06 (bs 1 cannot train BatchNorm's 1x1 last layer)", NOISY),
+    Case("bs2", "batch too small for the lr", {"bs": 2, "limit_train": 20000},
+         "bs 2 at the book's lr 0.06, 20,000 images (bs 1 cannot train BatchNorm's 1x1 last layer)", NOISY,
+         control="bs64"),
     Case("resnet_lr_high", "lr too high", {**RESNET, "lr": 3.0}, "the ResNet at lr 3 (300x)", LR_HIGH,
          control="resnet"),
     Case("resnet_frozen_stem", "frozen parameters", {**RESNET, "model": "fault_models:frozen_stem_resnet"},

@@ -39,3 +39,8 @@ def test_quick_benchmark_detects_its_faults_and_passes_its_control(data_dir, tmp
     assert 0 < rows["frozen_all"][0]["detect_frac"] <= 0.2
     # the control trains (the healthy reference of `fixed`): well above chance on 6,400 images
     assert rows["book"][0]["accuracy"] > 0.8
+    # Remedies checked by a rerun: unfreezing the frozen body gives the control's own model (same seed, same
+    # weights), so its rerun trains exactly as the control did; shuffled labels have no setting to fix them.
+    assert rows["frozen_all"][0]["fixed"] is True
+    assert rows["frozen_all"][0]["rerun_accuracy"] == rows["book"][0]["accuracy"]
+    assert rows["shuffled_labels"][0]["fixed"] is False

@@ -38,14 +38,56 @@ def test_the_more_severe_finding_decides_a_setting_two_findings_name():
 
 def test_what_cannot_be_applied_is_said_not_dropped():
     cfg = TrainConfig(model="mymodels:resnet", precision="32")
-    findings = [finding("f", "high", {"bn": True, "dropout": 0.5, "precision": "fp8"}),
+    findings = [finding("f", "high", {"bn": True, "momentum": 0.5, "precision": "fp8"}),
                 finding("info_only", "info", {"lr": "x10"})]  # info asks for no change
     new, applied, skipped = remedied(cfg, findings)
     assert applied == [] and new == cfg
     why = {s.setting: s.why for s in skipped}
     assert why["bn"] == "--model mymodels:resnet builds its own layers"
-    assert why["dropout"] == "not a convscope train setting"
+    assert why["momentum"] == "not a convscope train setting"
     assert "unknown precision 'fp8'" in why["precision"]
+
+
+def test_the_lr_finder_sets_the_lr_on_the_side_the_finding_names():
+    asked = []
+
+    def finder(cfg: TrainConfig) -> float:  # stands in for the LR finder: what it was asked about, a fixed answer
+        asked.append(cfg)
+        return 0.15
+
+    high = TrainConfig(lr=6.0, bn=False)
+    new, applied, _ = remedied(high, [finding("too_high", "high", {"lr": "find:lower", "bn": True})], finder)
+    assert new.lr == 0.15 and applied[0] == applied[0].__class__("lr", 6.0, 0.15, "too_high")
+    assert asked[-1].bn is True  # the finder sweeps the rerun's model (BatchNorm added), not the old one
+    # a finder that answers higher than the lr of a too-high finding: at most half the lr, never raised
+    new, _, _ = remedied(TrainConfig(lr=0.2), [finding("too_high", "high", {"lr": "find:lower"})], finder)
+    assert new.lr == pytest.approx(0.1)
+    new, _, _ = remedied(TrainConfig(lr=6e-5), [finding("too_low", "medium", {"lr": "find:higher"})], finder)
+    assert new.lr == 0.15
+    new, _, _ = remedied(TrainConfig(lr=0.1), [finding("too_low", "medium", {"lr": "find:higher"})], finder)
+    assert new.lr == pytest.approx(0.2)  # at least twice the lr
+
+
+def test_a_cause_is_fixed_before_its_symptoms():
+    cfg = TrainConfig(wd=10.0)
+    findings = [finding("near_zero_activations", "high", {"lr": "find:lower"}),
+                finding("weight_decay_high", "high", {"wd": 0.01})]
+    new, applied, skipped = remedied(cfg, findings, lambda c: 1e-3)
+    assert new.wd == 0.01 and new.lr == cfg.lr
+    assert [a.rule for a in applied] == ["weight_decay_high"]
+    assert [(s.rule, s.why) for s in skipped] == [
+        ("near_zero_activations", "a symptom: the cause weight_decay_high is fixed first")]
+
+
+def test_model_changes_go_into_the_config_and_a_bad_one_is_said():
+    cfg = TrainConfig(model="mymodels:resnet")
+    findings = [finding("dead_at_init", "high", {"init": "default"}),
+                finding("frozen_parameters", "high", {"unfreeze": True}),
+                finding("dropout_high", "high", {"dropout": 2.0})]
+    new, applied, skipped = remedied(cfg, findings)
+    assert new.model_changes == {"init": "default", "unfreeze": True} and cfg.model_changes == {}
+    assert [a.setting for a in applied] == ["init", "unfreeze"]
+    assert skipped[0].setting == "dropout" and "dropout=2.0 is not valid" in skipped[0].why
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -34,6 +34,29 @@ def split_model_spec(spec: object) -> tuple[str, str]:
     return module, attr
 
 
+# The changes to a built model a rerun may apply (models/changes.py says what each does).
+MODEL_CHANGES = ("init", "unfreeze", "dropout", "activation", "remove", "normalize_input")
+
+
+def check_model_changes(changes: object) -> None:
+    """A ConfigError naming the first key or value that is not one of the changes above."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"model_changes must map change names to values, got {changes!r}")
+    for key, value in changes.items():
+        ok = {
+            "init": value == "default",
+            "unfreeze": value is True,
+            "dropout": isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+            "activation": value == "relu",
+            "remove": isinstance(value, list) and all(isinstance(v, str) for v in value),
+            "normalize_input": isinstance(value, str),
+        }.get(key)
+        if ok is None:
+            raise ConfigError(f"unknown model change {key!r}; choose from {', '.join(MODEL_CHANGES)}")
+        if not ok:
+            raise ConfigError(f"model change {key}={value!r} is not valid (see convscope.models.changes)")
+
+
 def is_whole_number(value: object, minimum: int = 1) -> bool:
     """An int >= minimum. A bool is not one, though Python counts it as an int: True is not a batch size."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
@@ -92,6 +115,9 @@ class TrainConfig:
     name: str | None = None
     # TensorBoard log folder: event files go to <tensorboard>/<run name> while the run trains (None: none)
     tensorboard: str | None = None
+    # Changes to the built model (models/changes.py), set by `convscope rerun --apply-remedies` to check a
+    # remedy that is a change to the model's code: {"init": "default"}, {"unfreeze": True}, ...
+    model_changes: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +171,7 @@ class TrainConfig:
                 not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1
                 for k, v in self.freeze.items()):
             raise ConfigError(f"freeze must map layer names to fractions of training in [0, 1], got {self.freeze!r}")
+        check_model_changes(self.model_changes)
         if self.limit_train is not None:
             check_whole_number("limit_train", self.limit_train)
         if self.stats_every != "auto":

@@ -176,3 +176,95 @@ def test_whole_run_rules_say_nothing_while_training(rule):
     run = RunSoFar({}, [{"valid_loss": 0.1, "train_loss": 3.0, "accuracy": 0.1}] * 3,
                    loss_steps(np.abs(rng.normal(1.0, 1.0, 100))), None, progress=0.5)
     assert rule(run) == []
+
+
+def step0_stats(model, x) -> ActivationStatsData:
+    """The conv and linear outputs of `model` on one real batch, as the row of step 0 (before any update),
+    with the share below zero beside the near-zero share."""
+    import torch
+
+    outs: dict[str, np.ndarray] = {}
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().double().numpy()))
+             for n, m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    values = {n: outs[n].reshape(1, -1) for n, _ in layers}
+    stats = stats_from(values, [type(m).__name__ for _, m in layers])
+    stats.negative = np.array([[np.mean(values[n] < 0) for n, _ in layers]])
+    return stats
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_tensors):
+    return mnist_tensors[0][:256]
+
+
+def no_bn_cnn(seed: int = 0):
+    import torch
+
+    from convscope.models.cnn import simple_cnn
+
+    torch.manual_seed(seed)
+    return simple_cnn(bn=False)
+
+
+def test_dead_at_init_finds_zero_weights_and_negative_biases_not_small_outputs(batch):
+    import torch
+
+    healthy = no_bn_cnn()
+    assert R.dead_at_init(FakeRun({}, step0_stats(healthy, batch))) == []  # its small logits are not "dead"
+    zero, negative, one = no_bn_cnn(), no_bn_cnn(), no_bn_cnn()
+    with torch.no_grad():
+        for p in zero.parameters():
+            p.zero_()
+        for m in negative.modules():
+            if isinstance(m, torch.nn.Conv2d) and m is not negative.conv5.conv:
+                m.bias.fill_(-5.0)
+        one.conv2.conv.bias.fill_(-5.0)
+    found = R.dead_at_init(FakeRun({}, step0_stats(zero, batch)))
+    assert [(f.rule, f.layer, f.change) for f in found] == [("dead_at_init", "conv1.conv", {"init": "default"})]
+    assert R.dead_at_init(FakeRun({}, step0_stats(negative, batch)))[0].layer == "conv1.conv"
+    assert R.dead_at_init(FakeRun({}, step0_stats(one, batch)))[0].layer == "conv2.conv"  # the layer, localised
+
+
+def test_init_scale_finds_weights_ten_times_too_large_not_unnormalised_inputs(batch):
+    import torch
+
+    assert R.init_scale(FakeRun({}, step0_stats(no_bn_cnn(), batch))) == []
+    big = no_bn_cnn()
+    with torch.no_grad():
+        for m in big.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(10)
+    found = R.init_scale(FakeRun({}, step0_stats(big, batch)))
+    assert [(f.rule, f.change) for f in found] == [("init_scale", {"init": "default"})]
+    # 0-255 pixels: the first layer's output is huge, but the layers after it shrink it as default init does;
+    # that is input_scale's finding (the input), not the init's.
+    raw = (batch * 0.3081 + 0.1307) * 255
+    stats = step0_stats(no_bn_cnn(), raw)
+    assert R.init_scale(FakeRun({}, stats)) == []
+    found = R.input_scale(FakeRun({}, stats))
+    assert [(f.rule, f.change) for f in found] == [("input_scale", {"normalize_input": "conv1.conv"})]
+
+
+def test_remedies_that_are_model_changes():
+    """The causes whose fix is in the model's code name it as a change a rerun can check."""
+    v = {"c1": rng.normal(size=(8, 100)), "c2": rng.normal(size=(8, 100))}
+    frozen = np.zeros((8, 2), dtype=bool)
+    frozen[:, 0] = True
+    assert R.frozen_parameters(FakeRun({}, stats_from(v, ["Conv2d", "Linear"], frozen=frozen)))[0].change == {
+        "unfreeze": True}
+    # a layer that never moved though trainable (update 0): no gradient reached it, which is not requires_grad
+    still = np.full((8, 2), 1e-2)
+    still[:, 0] = 0.0
+    assert R.frozen_parameters(FakeRun({}, stats_from(v, ["Conv2d", "Linear"], update=still)))[0].change == {}
+    soft = {"c1": v["c1"], "out": rng.uniform(size=(8, 100))}
+    assert R.bounded_outputs(FakeRun({}, stats_from(soft, ["Conv2d", "Softmax"])))[0].change == {"remove": ["out"]}
+    # dropout with p = 0.9 (keep 10%): 90% of a dense input zeroed; the meant p is 1 - 0.9
+    dense = np.abs(rng.normal(size=(8, 4000))) + 0.1
+    dropped = dense * (rng.uniform(size=dense.shape) >= 0.9) / 0.1
+    found = R.dropout_high(FakeRun({}, stats_from({"c1": dense, "drop": dropped}, ["Conv2d", "Dropout"])))
+    assert [(f.rule, f.change) for f in found] == [("dropout_high", {"dropout": 0.1})]

@@ -124,7 +124,8 @@ def test_vanishing_and_exploding_gradients():
     assert R.gradient_health(FakeRun(make_stats())) == []
 
 
-@pytest.mark.parametrize("ratio, rule", [(0.3, "update_ratio_high"), (1e-7, "update_ratio_low"), (1e-2, None)])
+@pytest.mark.parametrize("ratio, rule", [(0.5, "update_ratio_high"), (0.2, None), (1e-7, "update_ratio_low"),
+                                         (1e-2, None)])
 def test_update_ratio(ratio, rule):
     u = np.where(np.array([k != "ReLU" for k in KINDS]), ratio, np.nan) * np.ones((100, 6))
     fired = rules_fired(R.gradient_health(FakeRun(make_stats(update_ratio=u))))

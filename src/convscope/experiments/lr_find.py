@@ -28,13 +28,13 @@ def find_lr(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repea
     run_name = cfg.name or default_run_name(cfg) + "-lr-find"
     if (Path(cfg.out) / run_name).exists():  # fail before the sweeps, not after them
         raise RunError(f"run folder {Path(cfg.out) / run_name} already exists; choose another --name or --out")
-    result, config = _run_lr_find(cfg, start_lr, end_lr, num_it, repeats)
+    result, config = run_lr_find(cfg, start_lr, end_lr, num_it, repeats)
     run_dir = create_run_dir(cfg.out, run_name)
     _write_lr_find(run_dir, result, config)
     return run_dir, result
 
 
-def _run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repeats: int
+def run_lr_find(cfg: TrainConfig, start_lr: float, end_lr: float, num_it: int, repeats: int
                  ) -> tuple[LRFindResult, dict[str, Any]]:
     """Build the data, the model and a Learner as `convscope train` would, and sweep. Returns the result
     and the config to save."""

@@ -22,6 +22,7 @@ from convscope.data.folders import load_image_folder
 from convscope.data.sources import DATASETS, ImageData, load_dataset
 from convscope.errors import ConfigError
 from convscope.models import memory
+from convscope.models.changes import apply_model_changes
 from convscope.models.cnn import simple_cnn
 from convscope.models.factory import build_from_factory, check_output, load_factory
 from convscope.models.memory import MemoryEstimate, check_fits, estimate_training_memory
@@ -116,6 +117,14 @@ def build_model(cfg: TrainConfig, info: dict, device: torch.device | None = None
 
         def make() -> nn.Module:
             return build_from_factory(cfg.model, factory, info["in_channels"], n_classes)
+
+    if cfg.model_changes:  # a rerun checking a remedy that is a change to the model's code
+        make_as_written = make
+
+        def make() -> nn.Module:
+            model = make_as_written()
+            apply_model_changes(model, cfg.model_changes)
+            return model
 
     estimate = _estimate_on_meta(make, shape, cfg) if device is not None else None
     if estimate is not None:

@@ -18,8 +18,10 @@ How it is made fast (the CPU is the hard case; the timings are in docs/measureme
   combine over processes by plain addition (reduce.py).
 - The bin indices are finer than the bins (5x for 40 bins over [0, 10] or [-5, 5]), so that fine-bin
   edges fall at -0.05, 0 and 0.05 (`BinLayout`): near_zero, negative and abs_near_zero then fall out of
-  the same counts (a cumulative sum read at those edges), with no extra pass over the values. (A value of
-  exactly 0.05 counts as near zero in fastai's definition and not here: a measure-zero difference.) A
+  the same counts (a cumulative sum read at those edges), with no extra pass over the values. A value
+  within float32 rounding of an edge (|x - edge| below about 4e-7 for the default ranges; exactly 0.05
+  included) may land on either side of it, and which side can differ between CPUs and torch builds
+  (fused multiply-add or not); every other value is counted as the definitions above count it. A
   range without those edges counts near_zero and negative with one pass each; abs_near_zero then needs
   the edge at -0.05, unless the layer has no negative value (see `finish`).
 - Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
