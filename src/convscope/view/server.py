@@ -181,6 +181,7 @@ class _NotFound(Exception):
 
 class ViewHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl-C never waits for a browser's open connection
+    block_on_close = False  # nor does server_close() join a handler still answering
 
     def __init__(self, roots: list[Path], port: int = 0) -> None:
         self.index = RunIndex(roots)
