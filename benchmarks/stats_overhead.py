@@ -1,28 +1,44 @@
 """What recording activation statistics costs: training time and memory, side by side in one run.
 
-Contenders, each repeat in a fresh process, interleaved, real MNIST, simple_cnn + BN, bs 512, one
-epoch of fit_one_cycle on the CPU (no validation):
+Contenders, real MNIST, simple_cnn + BN, bs 512, one epoch of AdamW + one-cycle (torch's, as the bare
+loop of the other benchmarks) in a plain loop on the CPU (no validation):
     none     no statistics
-    exact    ActivationStats(with_hist=True, every=1, sample=None) on every layer with parameters
-    default  ActivationStats() with its default settings (every layer with parameters + activations)
+    exact    convscope.watch(model, every=1, sample=None) on every layer with parameters: the collector
+             ActivationStats(with_hist=True, every=1, sample=None) drives in a Learner
+    default  convscope.watch(model) with its default settings (every layer with parameters + activations)
     naive    the straightforward way: forward hooks reading each statistic with .item() and the histogram
              with .cpu(), every step (how fastai's callback works)
+Time: all four contenders train in one process from the same weights and batches, taking turns of `chunk`
+steps. Fresh processes per contender differ in speed by up to ~40% from one start to the next on a shared
+machine (2.5-3.6 s for the same `none` epoch, measured here), which no number of repeats makes small; and
+whole epochs one after the other in one process still drift by +-15%; turns of a few steps see the same
+machine state. (Each contender's Learner in a thread of its own, stopping at its turn's end, was tried:
+OpenMP gives each calling thread its own team of workers, and the waiting teams' spinning slowed every
+contender by ~40%; so the loops are plain, and watch() drives the statistics.) Python's cyclic garbage
+collector is off during the turns and collects between rounds (untimed), as in timeit and
+model_overhead.py: a full collection of the process's ~340k objects takes ~0.1 s (4 steps) and falls on
+whichever contender happens to trip it. Each repeat is a fresh process; the turn order rotates between
+repeats.
+Memory: each contender's epoch once more in a fresh process of its own, for its peak RSS.
 Last line: `stats_overhead exact=<ratio> default=<ratio> naive=<ratio> extra_mb=<MB>`; ratios are
-median seconds over the `none` median; extra_mb is the median peak-RSS increase of `exact` over `none`.
+the medians over repeats of a contender's seconds over `none`'s seconds in the same repeat; extra_mb is the
+peak-RSS increase of `exact` over `none`.
 
-    python benchmarks/stats_overhead.py [--repeats 5]
+    python benchmarks/stats_overhead.py [--repeats 3] [--chunk 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
 import time
 
 import torch
-from _common import describe, run_worker
+import torch.nn.functional as F
+from _common import bare_optimizer, run_worker
 
 BS, LR = 512, 0.06
 CONTENDERS = ("none", "exact", "default", "naive")
@@ -32,22 +48,21 @@ class NaiveStats:
     """Per-step host reads, as in a straightforward implementation (and fastai's ActivationStats)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from convscope.train import Callback
-
         self.rows: list[list[float]] = []
         self.hists: list[torch.Tensor] = []
-        modules = [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
-        outer = self
+        self.modules = param_layers(model)
+        self.handles: list = []
 
-        class Hooker(Callback):
-            def before_fit(self) -> None:
-                self.handles = [m.register_forward_hook(outer.hook) for m in modules]
+    def __enter__(self) -> NaiveStats:
+        self.handles = [m.register_forward_hook(self.hook) for m in self.modules]
+        return self
 
-            def after_fit(self) -> None:
-                for h in self.handles:
-                    h.remove()
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
 
-        self.callback = Hooker()
+    def step(self, loss: torch.Tensor) -> None:
+        pass
 
     def hook(self, module, inputs, output) -> None:
         if not module.training:
@@ -57,62 +72,124 @@ class NaiveStats:
         self.hists.append(torch.histc(o, 40, 0, 10).cpu())
 
 
-def worker(kind: str) -> dict[str, float]:
-    from convscope.data.batches import DeviceBatches, normalize_images
+def param_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+
+
+def statistics_for(kind: str, model: torch.nn.Module):
+    """The context a contender's loop runs in: watch() (the collector ActivationStats drives) or naive hooks."""
+    import contextlib
+
+    import convscope
+
+    if kind == "exact":
+        return convscope.watch(model, every=1, sample=None, modules=param_layers(model))
+    if kind == "default":
+        return convscope.watch(model)
+    if kind == "naive":
+        return NaiveStats(model)
+    return contextlib.nullcontext()
+
+
+class Contender:
+    """One contender's epoch as a plain loop, `chunk` steps per turn (see the module docstring)."""
+
+    def __init__(self, kind: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        from convscope.models.cnn import simple_cnn
+
+        torch.manual_seed(0)
+        self.kind, self.model = kind, simple_cnn()
+        self.x, self.y = x, y
+        self.order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        self.steps = len(x) // BS
+        self.opt, self.sched = bare_optimizer(self.model, LR, self.steps)  # built before any clock starts
+        self.at, self.seconds = 0, 0.0
+        self.context = statistics_for(kind, self.model)
+        self.w = self.context.__enter__()
+
+    @property
+    def done(self) -> bool:
+        return self.at >= self.steps
+
+    def turn(self, chunk: int) -> None:
+        start = time.perf_counter()
+        self.model.train()
+        for _ in range(min(chunk, self.steps - self.at)):
+            idx = self.order[self.at * BS:(self.at + 1) * BS]
+            loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            if self.w is not None:
+                self.w.step(loss)
+            self.opt.zero_grad(set_to_none=True)
+            self.at += 1
+        if self.done:
+            self.context.__exit__(None, None, None)
+            if self.kind in ("exact", "default"):
+                _ = self.w.data.mean  # include turning the buffers into arrays
+        self.seconds += time.perf_counter() - start
+
+
+def load_x_y() -> tuple[torch.Tensor, torch.Tensor]:
+    from convscope.data.batches import normalize_images
     from convscope.data.sources import load_dataset
-    from convscope.models.cnn import simple_cnn
-    from convscope.stats import ActivationStats
-    from convscope.train import Learner
 
     data = load_dataset("mnist")
     x, _, _ = normalize_images(data.train_images)
-    torch.manual_seed(0)
-    model = simple_cnn()
-    cbs = []
-    if kind == "exact":
-        param_layers = [m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
-        cbs = [ActivationStats(with_hist=True, every=1, sample=None, modules=param_layers)]
-    elif kind == "default":
-        cbs = [ActivationStats()]
-    elif kind == "naive":
-        cbs = [NaiveStats(model).callback]
-    learn = Learner(model, DeviceBatches(x, data.train_labels, BS, shuffle=True, drop_last=True, seed=0), None,
-                    cbs=cbs)
-    learn.create_opt()  # outside the timed region for every contender (see train_speed.py)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    learn.fit_one_cycle(1, LR)
-    seconds = time.perf_counter() - start
-    if kind in ("exact", "default"):
-        _ = learn.activation_stats.mean  # include turning the buffers into arrays
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mb": rss_after / 1024, "growth_mb": (rss_after - rss_before) / 1024}
+    return x, data.train_labels
+
+
+def timing_worker(rotate: int, chunk: int) -> dict[str, float]:
+    kinds = CONTENDERS[rotate % len(CONTENDERS):] + CONTENDERS[:rotate % len(CONTENDERS)]
+    x, y = load_x_y()
+    contenders = [Contender(kind, x, y) for kind in kinds]
+    while not all(c.done for c in contenders):
+        gc.collect()
+        gc.disable()
+        try:
+            for c in contenders:
+                c.turn(chunk)
+        finally:
+            gc.enable()
+    return {c.kind: c.seconds for c in contenders}
+
+
+def memory_worker(kind: str) -> dict[str, float]:
+    x, y = load_x_y()
+    c = Contender(kind, x, y)
+    while not c.done:
+        c.turn(c.steps)
+    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--worker", choices=CONTENDERS)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=4, help="steps per turn")
+    ap.add_argument("--timing-worker", type=int, metavar="ROTATE")
+    ap.add_argument("--memory-worker", choices=CONTENDERS)
     args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker)))
+    if args.timing_worker is not None:
+        print(json.dumps(timing_worker(args.timing_worker, args.chunk)))
         return
-    results: dict[str, list[dict[str, float]]] = {k: [] for k in CONTENDERS}
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker)))
+        return
+    ratios: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     for r in range(args.repeats):
-        order = CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]
-        for kind in order:
-            res = run_worker(__file__, ["--worker", kind])
-            results[kind].append(res)
-            print(f"repeat {r + 1} {kind:8s} {res['seconds']:6.2f} s  peak {res['peak_mb']:7.1f} MB", flush=True)
-    med = {k: statistics.median(v["seconds"] for v in results[k]) for k in CONTENDERS}
-    for kind in CONTENDERS:
-        print(f"{kind:8s} seconds: {describe([v['seconds'] for v in results[kind]])}")
-    peak = {k: statistics.median(v["peak_mb"] for v in results[k]) for k in CONTENDERS}
-    print("peak RSS MB (median): " + ", ".join(f"{k} {peak[k]:.1f}" for k in CONTENDERS))
-    ratio = {k: med[k] / med["none"] for k in CONTENDERS}
-    extra = peak["exact"] - peak["none"]
-    print(f"stats_overhead exact={ratio['exact']:.3f} default={ratio['default']:.3f} "
-          f"naive={ratio['naive']:.3f} extra_mb={extra:.1f}")
+        res = run_worker(__file__, ["--timing-worker", str(r), "--chunk", str(args.chunk)])
+        for kind in CONTENDERS:
+            ratios[kind].append(res[kind] / res["none"])
+        print(f"repeat {r + 1}: " + "  ".join(f"{k} {res[k]:.2f} s" for k in CONTENDERS)
+              + "  ratios " + " ".join(f"{k} {ratios[k][-1]:.3f}" for k in CONTENDERS[1:]), flush=True)
+    peak = {k: run_worker(__file__, ["--memory-worker", k])["peak_mb"] for k in CONTENDERS}
+    print("peak RSS MB: " + ", ".join(f"{k} {peak[k]:.1f}" for k in CONTENDERS))
+    med = {k: statistics.median(v) for k, v in ratios.items()}
+    for kind in CONTENDERS[1:]:
+        print(f"{kind:8s} ratio: min {min(ratios[kind]):.3f}  max {max(ratios[kind]):.3f}")
+    print(f"stats_overhead exact={med['exact']:.3f} default={med['default']:.3f} "
+          f"naive={med['naive']:.3f} extra_mb={peak['exact'] - peak['none']:.1f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from convscope.models.cnn import simple_cnn
 from convscope.stats import has_hooks
 from convscope.stats.hooks import select_modules
 
-from ._edges import assert_near_zero_share
+from ._reference import StepRecord, check_rows
 
 pytestmark = pytest.mark.fastai
 
@@ -51,36 +51,21 @@ STEPS = N_TRAIN // BS * EPOCHS
 
 def reference(fa):  # a fastai Callback, made once fastai is imported
     class Reference(fa.Callback):
-        """Each training batch's layer outputs (our hooks) and gradient norms (before the optimizer step)."""
+        """What Scope should record, read independently (_reference.py)."""
 
         order = 0
 
         def __init__(self) -> None:
-            self.outputs, self.norms, self.current = [], [], {}
+            self.record = StepRecord()
 
         def before_fit(self):
-            self.layers = [name for name, _ in select_modules(self.learn.model)]
-
-            def hook(name):
-                def record(module, inputs, output):
-                    if module.training and torch.is_grad_enabled():
-                        self.current[name] = output.detach().double().clone()
-                return record
-            self.handles = [self.learn.model.get_submodule(n).register_forward_hook(hook(n)) for n in self.layers]
+            self.record.attach(self.learn.model, [name for name, _ in select_modules(self.learn.model)])
 
         def before_step(self):
-            self.outputs.append(self.current)
-            self.current = {}
-            norms = {}
-            for name in self.layers:
-                params = list(self.learn.model.get_submodule(name).parameters(recurse=False))
-                if params:
-                    norms[name] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-            self.norms.append(norms)
+            self.record.end_step(self.learn.model)
 
         def after_fit(self):
-            for h in self.handles:
-                h.remove()
+            self.record.detach()
 
     return Reference()
 
@@ -129,17 +114,8 @@ def test_fit_one_cycle_writes_a_run_that_matches_what_fastai_and_plain_pytorch_s
     assert not has_hooks(learn.model)
     run = convscope.load_run(run_dir)
     data = run.activation_stats
-    assert list(data.steps) == list(range(STEPS)) and len(ref.outputs) == STEPS
+    check_rows(data, ref.record, STEPS)
     assert data.layers == learn.scope.data.layers
-    for row in range(STEPS):
-        for j, name in enumerate(data.layers):
-            o = ref.outputs[row][name]
-            assert data.ran[row, j]
-            assert data.mean[row, j] == pytest.approx(o.mean().item(), rel=1e-4, abs=1e-5), (row, name)
-            assert data.std[row, j] == pytest.approx(o.std().item(), rel=1e-4, abs=1e-5), (row, name)
-            assert_near_zero_share(data.near_zero[row, j], o, (row, name))
-            if name in ref.norms[row]:
-                assert data.grad_norm[row, j] == pytest.approx(ref.norms[row][name], rel=1e-4), (row, name)
     # the schedule as fastai's own Recorder logged it: 1cycle's warm-up from lr/25, peak, anneal
     np.testing.assert_allclose(run.steps["lr"], np.asarray(learn.recorder.hps["lr"]), rtol=1e-6)
     np.testing.assert_allclose(run.steps["mom"], np.asarray(learn.recorder.hps["mom"]), rtol=1e-6)

@@ -27,6 +27,7 @@ else:
 from convscope.integrations.lightning import Scope  # noqa: E402 - after the import that may skip
 
 from ._edges import assert_near_zero_share  # noqa: E402
+from ._reference import StepRecord, check_rows  # noqa: E402
 
 BS, STEPS_PER_EPOCH, EPOCHS = 32, 6, 2
 
@@ -61,35 +62,19 @@ class Net(lightning.LightningModule):
 
 
 class Reference(lightning.Callback):
-    """What Scope should record, read independently: outputs via our own hooks, norms of the .grads."""
+    """What Scope should record, read independently (_reference.py)."""
 
     def __init__(self, layers: list[str]) -> None:
-        self.layers = layers
-        self.current: dict[str, torch.Tensor] = {}
-        self.outputs: list[dict[str, torch.Tensor]] = []
-        self.norms: list[dict[str, float]] = []
+        self.layers, self.record = layers, StepRecord()
 
     def on_fit_start(self, trainer, pl_module):
-        def hook(name):
-            def record(module, inputs, output):
-                if module.training and torch.is_grad_enabled():
-                    self.current[name] = output.detach().double().clone()
-            return record
-        self.handles = [pl_module.get_submodule(n).register_forward_hook(hook(n)) for n in self.layers]
+        self.record.attach(pl_module, self.layers)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.outputs.append(self.current)
-        self.current = {}
-        norms = {}
-        for name in self.layers:
-            params = list(pl_module.get_submodule(name).parameters(recurse=False))
-            if params:
-                norms[name] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
-        self.norms.append(norms)
+        self.record.end_step(pl_module)
 
     def on_fit_end(self, trainer, pl_module):
-        for h in self.handles:
-            h.remove()
+        self.record.detach()
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +105,6 @@ def fit(module, loaders, tmp_path, *, precision="32-true", accumulate=1, limit=S
     return trainer, scope, ref
 
 
-def check_against(data, ref: Reference, n_steps: int) -> None:
-    assert list(data.steps) == list(range(n_steps)) and len(ref.outputs) == n_steps
-    for row in range(n_steps):
-        for j, name in enumerate(data.layers):
-            o = ref.outputs[row][name]
-            assert data.ran[row, j]
-            assert data.mean[row, j] == pytest.approx(o.mean().item(), rel=1e-4, abs=1e-5), (row, name)
-            assert data.std[row, j] == pytest.approx(o.std().item(), rel=1e-4, abs=1e-5), (row, name)
-            assert_near_zero_share(data.near_zero[row, j], o, (row, name))
-            if name in ref.norms[row]:
-                assert data.grad_norm[row, j] == pytest.approx(ref.norms[row][name], rel=1e-4), (row, name)
-            else:
-                assert np.isnan(data.grad_norm[row, j])
-
-
 @pytest.fixture(scope="module")
 def bf16_run(loaders, tmp_path_factory):
     """One bf16-mixed fit for the tests that read its run: (module, trainer, reference, run folder)."""
@@ -152,7 +122,7 @@ def test_a_bf16_mixed_lightning_fit_writes_a_run_whose_rows_are_its_optimizer_st
     assert not has_hooks(module)
     run = convscope.load_run(run_dir)
     data = run.activation_stats
-    check_against(data, ref, n_steps)
+    check_rows(data, ref.record, n_steps)
     np.testing.assert_allclose(run.steps["loss"], module.step_losses, rtol=1e-6)
     assert list(run.steps["epoch"]) == [0] * STEPS_PER_EPOCH + [1] * STEPS_PER_EPOCH
     np.testing.assert_allclose(run.steps["lr"], 0.05)
@@ -170,7 +140,7 @@ def test_gradient_accumulation_rows_hold_the_last_micro_batch_and_the_accumulate
     n_steps = EPOCHS * STEPS_PER_EPOCH
     assert trainer.global_step == n_steps and len(module.step_losses) == 2 * n_steps
     run = convscope.load_run(tmp_path / "run")
-    check_against(run.activation_stats, ref, n_steps)
+    check_rows(run.activation_stats, ref.record, n_steps)
     # each step's loss is the mean of its two micro-batches
     np.testing.assert_allclose(run.steps["loss"], np.asarray(module.step_losses).reshape(-1, 2).mean(1), rtol=1e-5)
 
@@ -187,7 +157,7 @@ def test_fp16_mixed_norms_are_of_the_unscaled_gradients(loaders, tmp_path):
     scaler = trainer.precision_plugin.scaler
     assert scaler is plugin.scaler and scaler.get_scale() > 1  # a real loss scale: scaled and unscaled differ
     data = convscope.load_run(tmp_path / "run").activation_stats
-    check_against(data, ref, EPOCHS * 3)
+    check_rows(data, ref.record, EPOCHS * 3)
     assert np.nanmax(data.grad_norm) < 100, "no loss scale left in the norms"
 
 

@@ -19,7 +19,7 @@ from convscope.models.cnn import simple_cnn
 from convscope.report.html import _interval_note
 from convscope.runs.stats_data import ActivationStatsData
 from convscope.stats import ActivationStats, watch
-from convscope.stats.interval import AUTO_MAX, AUTO_START, DECIDE_AT, IntervalChooser, choose_every
+from convscope.stats.interval import AUTO_MAX, AUTO_START, DECIDE_AT, DEFAULT_BUDGET, IntervalChooser, choose_every
 from convscope.train.callback import Callback
 from convscope.train.learner import Learner
 
@@ -104,7 +104,7 @@ def train(model, w, x, y, steps: int, extra: float = 0.0) -> None:
         opt.zero_grad()
 
 
-@pytest.mark.parametrize("extra, every", [(0.1, 8), (50.0, AUTO_MAX)])
+@pytest.mark.parametrize("extra, every", [(0.1, 16), (50.0, AUTO_MAX)])
 def test_watch_keeps_the_rows_of_the_chosen_interval_exactly(mnist_tensors, tmp_path, extra, every):
     x, y, _, _ = mnist_tensors
     steps = 3 * AUTO_MAX + 8
@@ -117,13 +117,13 @@ def test_watch_keeps_the_rows_of_the_chosen_interval_exactly(mnist_tensors, tmp_
     with watch(exact_model, every=1) as exact:
         train(exact_model, exact, x, y, steps)
     auto, ref = w.data, exact.data
-    assert auto.every == every == by_hand(extra, 1.0, 0.02)
+    assert auto.every == every == by_hand(extra, 1.0, DEFAULT_BUDGET)
     np.testing.assert_array_equal(auto.steps, np.arange(0, steps, every))
     rows = np.searchsorted(ref.steps, auto.steps)
     for name in ("mean", "std", "near_zero", "dead", "hist", "grad_norm", "update_ratio"):
         np.testing.assert_array_equal(getattr(auto, name), getattr(ref, name)[rows], err_msg=name)
     saved = load_run(tmp_path / "run").activation_stats  # what a later process and the report see
-    assert saved.every == every and saved.interval == {"row_ms": extra * 1e3, "step_ms": 1e3, "budget": 0.02,
+    assert saved.every == every and saved.interval == {"row_ms": extra * 1e3, "step_ms": 1e3, "budget": DEFAULT_BUDGET,
                                                         "every": every}
     assert ref.interval == {}  # a fixed interval was not chosen
     assert _interval_note(saved).endswith(f"cost {extra * 1e3:.1f} ms on 1000.0 ms steps")
@@ -156,10 +156,10 @@ def test_the_learner_chooses_the_same_way(mnist_tensors):
     learn = Learner(simple_cnn(), batches, cbs=[ActivationStats(), SlowSteps(0.5)], opt_func="sgd", lr=0.05)
     learn.fit(1)
     data = learn.activation_stats.data
-    assert data.every == 32
-    np.testing.assert_array_equal(data.steps, [0, 32, 64, 96])
-    assert learn.activation_stats.collector.chooser.measured == {"row_ms": 500.0, "step_ms": 1000.0, "budget": 0.02,
-                                                                 "every": 32}
+    assert data.every == 64 == by_hand(0.5, 1.0, DEFAULT_BUDGET)  # 0.5 s rows on 1 s steps at 1%: every >= 50
+    np.testing.assert_array_equal(data.steps, [0, 64])
+    assert learn.activation_stats.collector.chooser.measured == {"row_ms": 500.0, "step_ms": 1000.0,
+                                                                 "budget": DEFAULT_BUDGET, "every": 64}
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -17,7 +17,8 @@ The run folder has the same layout as `convscope train` writes, so plots, report
 on it unchanged.
 
 The defaults are ActivationStats' (rows from the first 64 items of a batch, every 4th step at first and
-then as sparse as needed, up to every 64th, to keep their cost within `budget` = 2% of the loop's time:
+then as sparse as needed, up to every 64th, to keep their cost within `budget` = 1% of the loop's time,
+~2% with the calibration window counted in:
 stats/interval.py); `every=1, sample=None` records every step exactly.
 
 What is recorded (one row per `every` training steps, and no other rows):
