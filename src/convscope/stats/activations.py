@@ -45,8 +45,8 @@ class ActivationStats(Callback):
                 from the time the first 40 steps took, the widest interval among 4, 8, ..., 64 needed to
                 keep the rows' cost within `budget` of the training time (stats/interval.py; pass an
                 integer where two runs' rows must match exactly).
-    budget:     the share of training time the rows may take under every="auto" (default 0.01: with the calibration window
-                and the per-step bookkeeping, ~2% in all).
+    budget:     the share of training time the rows may take under every="auto" (default 0.01: with the
+                calibration window and the per-step bookkeeping, ~2% in all).
     sample:     compute each recorded row on the first `sample` items of the batch (None: all of them).
                 `every=1, sample=None` records exact statistics at every step. The sampling error of the
                 defaults is measured in tests/stats/test_sampling.py.
