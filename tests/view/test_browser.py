@@ -64,8 +64,12 @@ def test_live_view_shows_a_run_growing_while_it_trains(browser, data_dir, tmp_pa
     runs = tmp_path / "runs"
     runs.mkdir()
     env = {**os.environ, "CONVSCOPE_DATA": str(data_dir), "OMP_NUM_THREADS": "1"}
+    # Ctrl-C must reach the server as a user's Ctrl-C does, however pytest was started: a test run started
+    # in the background by a shell without job control (`./.ci/run &`) ignores SIGINT, and an ignored signal
+    # stays ignored in every child, so the server would never see the test's Ctrl-C.
     view = subprocess.Popen([sys.executable, "-m", "convscope", "view", str(runs)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Three epochs of full MNIST: far longer than the test, which stops it (Ctrl-C) once it has seen enough.
     train = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--epochs", "3", "--bs", "256",
                               "--stats-every", "4", "--flush-every", "0.5", "--out", str(runs), "--name", "live"],

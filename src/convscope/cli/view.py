@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 import typer
@@ -24,17 +23,9 @@ def view_command(
     console.print(f"convscope view: {server.url}  ({n} run{'s' if n != 1 else ''} in {', '.join(runs or ['runs'])}; "
                   "Ctrl-C stops it)", soft_wrap=True)
     console.file.flush()  # a script reading the URL from a pipe sees it now
-    # The server runs in a thread of its own and the main thread only waits, so Ctrl-C always lands in that
-    # wait, never inside the server's accept or thread start (once in CI, under load, a Ctrl-C that landed
-    # there left the process running); shutdown() then ends the serving loop before the socket is closed.
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, daemon=True)
-    serving.start()
     try:
-        while serving.is_alive():
-            serving.join(0.5)
+        server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:
         console.print("stopped")
-        console.file.flush()
     finally:
-        server.shutdown()
         server.server_close()
