@@ -12,7 +12,7 @@ from convscope.experiments import run_training
 from convscope.models.cnn import simple_cnn
 from convscope.runs.checkpoint import load_checkpoint
 from convscope.train import Callback
-from convscope.train.guard import NonFiniteError, first_nonfinite_layer
+from convscope.train.guard import NonFiniteError, NonFiniteGuard, first_nonfinite_layer
 
 BAD_STEP = 20  # in epoch 2 of 16-step epochs: the end-of-epoch-1 checkpoint exists
 
@@ -65,13 +65,20 @@ def test_first_nonfinite_layer_names_the_first_module_in_forward_order():
     assert first_nonfinite_layer(model, x) == "conv2.bn"
 
 
+class DeviceWindowGuard(NonFiniteGuard):
+    """The guard as it runs on a GPU, on the CPU: the losses too wait in the window (no host read per step)."""
+
+    def before_fit(self):
+        super().before_fit()
+        self._read_loss = False
+
+
 def test_a_guard_that_reads_every_n_steps_names_the_exact_bad_step_and_never_checkpoints_nan(mnist_tensors,
                                                                                                tmp_path):
     # The GPU mode (no host read per step), run on the CPU: NaN at step 5, flag read every 4 steps, a
     # checkpoint due after step 7. The error must come before that checkpoint and name step 5.
     from convscope.data.batches import DeviceBatches
     from convscope.train import Learner
-    from convscope.train.guard import NonFiniteGuard
     from convscope.train.run_saver import RunSaver
 
     class NanLoss(Callback):
@@ -83,18 +90,44 @@ def test_a_guard_that_reads_every_n_steps_names_the_exact_bad_step_and_never_che
 
     x, y, _, _ = mnist_tensors
     learn = Learner(simple_cnn(), DeviceBatches(x[:2048], y[:2048], 128, shuffle=True, drop_last=True), None,
-                    cbs=[NonFiniteGuard(check_every=4), NanLoss(), RunSaver(tmp_path, {}, checkpoint_every=7)])
+                    cbs=[DeviceWindowGuard(check_every=4), NanLoss(), RunSaver(tmp_path, {}, checkpoint_every=7)])
     with pytest.raises(NonFiniteError, match="the loss became NaN/Inf at step 5 "):
         learn.fit(1, 1e-3)
     assert learn.train_iter == 7  # read at the checkpoint after step 7 (before writing it), not later
     assert not (tmp_path / "checkpoint").exists()
 
 
-@pytest.mark.parametrize("check_every", [1, 4])
+def test_the_default_guard_on_a_cpu_reads_the_loss_at_once_and_keeps_the_weights_finite(mnist_tensors):
+    # The default window (16 steps) keeps the gradient flags, but a CPU reads the loss at every step (no
+    # sync): a NaN loss at step 5 stops the fit before its backward pass and optimizer step.
+    from convscope.data.batches import DeviceBatches
+    from convscope.train import Learner
+    from convscope.train.guard import DEFAULT_CHECK_EVERY, NonFiniteGuard
+
+    class NanLoss(Callback):
+        order = 1
+
+        def after_loss(self):
+            if self.learn.training and self.learn.train_iter == 5:
+                self.learn.loss = self.learn.loss * float("nan")
+
+    x, y, _, _ = mnist_tensors
+    guard = NonFiniteGuard()
+    learn = Learner(simple_cnn(), DeviceBatches(x[:2048], y[:2048], 128, shuffle=True, drop_last=True), None,
+                    cbs=[guard, NanLoss()])
+    with pytest.raises(NonFiniteError, match="the loss became nan at step 5 "):
+        learn.fit(1, 1e-3)
+    assert guard.every == DEFAULT_CHECK_EVERY > 1
+    assert learn.train_iter == 5  # steps 0-4 taken, step 5 stopped before its update
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+@pytest.mark.parametrize("check_every", [1, 4, None])
 def test_a_nonfinite_gradient_with_a_finite_loss_stops_training_before_the_update(mnist_tensors, check_every):
     # Step 6's conv2 weight gradient gets one Inf after backward; the loss stays finite. Read every step
-    # (the CPU default) the guard must stop at step 6 before the optimizer step, so the weights are those
-    # after step 5, bit for bit; read every 4 steps it must still name step 6 exactly.
+    # the guard must stop at step 6 before the optimizer step, so the weights are those after step 5, bit
+    # for bit; read every 4 steps it must still name step 6 exactly; with the default window (16) on the
+    # CPU, the Inf update makes step 7's loss NaN, read at once, and the window then names step 6.
     from convscope.data.batches import DeviceBatches
     from convscope.train import Learner
     from convscope.train.guard import NonFiniteGuard
@@ -113,13 +146,16 @@ def test_a_nonfinite_gradient_with_a_finite_loss_stops_training_before_the_updat
     x, y, _, _ = mnist_tensors
     snap = Snapshot()
     torch.manual_seed(0)
+    guard = DeviceWindowGuard(check_every=4) if check_every == 4 else NonFiniteGuard(check_every=check_every)
     learn = Learner(simple_cnn(), DeviceBatches(x[:2048], y[:2048], 128, shuffle=True, drop_last=True), None,
-                    cbs=[NonFiniteGuard(check_every=check_every), InfGradient(), snap])
+                    cbs=[guard, InfGradient(), snap])
     with pytest.raises(NonFiniteError, match="the gradient became NaN/Inf at step 6 "):
         learn.fit(1, 1e-3)
     if check_every == 1:
         assert torch.isfinite(learn.loss).all()  # it was the gradient alone
         assert learn.train_iter == 6  # steps 0-5 were taken, step 6 was not
         assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), snap.weights))
-    else:
+    elif check_every == 4:
         assert learn.train_iter == 8  # read after step 7 (the flag's first read after the bad step)
+    else:
+        assert learn.train_iter == 7  # step 7's NaN loss, read before its update, led to the window

@@ -161,11 +161,17 @@ def test_an_fp16_run_stopped_and_resumed_from_its_checkpoint_equals_the_uninterr
 
 def test_the_guard_stops_an_fp16_run_whose_scaler_keeps_skipping(mnist_tensors):
     """A scale of 2**100 overflows every gradient: after max_skipped skips in a row the guard gives up."""
-    learn = make_learner(mnist_tensors, "fp16", cbs=[NonFiniteGuard(max_skipped=5)])
-    learn.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
-    with pytest.raises(NonFiniteError, match=r"\(5 fp16 steps skipped in a row, the scale now [0-9.e+]+\) at step 4 "):
-        learn.fit(1, 1e-3)
-    assert learn.scaler.get_scale() == 2.0 ** 96  # halved after each of the 4 skips before the 5th one's check
+    for check_every in (1, None):  # read at every step, and in the default window (read after 16 steps)
+        guard = NonFiniteGuard(max_skipped=5, check_every=check_every)
+        learn = make_learner(mnist_tensors, "fp16", cbs=[guard])
+        learn.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)
+        gave_up = r"\(5 fp16 steps skipped in a row, the scale now [0-9.e+]+\) at step 4 "
+        with pytest.raises(NonFiniteError, match=gave_up):
+            learn.fit(1, 1e-3)
+        if check_every == 1:
+            assert learn.scaler.get_scale() == 2.0 ** 96  # halved after each of the 4 skips before the 5th one's check
+        else:
+            assert learn.train_iter == 16  # the window's read, after step 15
 
     # With a scale 2**30 that takes a few halvings to fit, a guard allowing more skips lets the scaler find it.
     patient = make_learner(mnist_tensors, "fp16", n_train=2048, cbs=[NonFiniteGuard(max_skipped=20)])

@@ -1,11 +1,14 @@
 """NonFiniteGuard: stop at the first NaN/Inf loss or gradient, naming the step and the first layer.
 
-On a CPU the check reads one boolean per step (free). On a GPU that read would be a host sync per step,
-so by default the guard keeps, on the device, each step's loss and a flag for its gradients in a window of
-`check_every` steps (16 on CUDA), and reads the window when it is full, at every epoch end and before
-every checkpoint, so no checkpoint ever holds non-finite weights; the report names the first bad step
-exactly. A step then costs two kernel launches: copying the loss into the window and one check of all
-gradients, writing into the step's flag.
+By default the guard keeps, on the device, each step's loss and a flag for its gradients in a window of
+`check_every` steps (16), and reads the window when it is full, at every epoch end and before every
+checkpoint, so no checkpoint ever holds non-finite weights; the report names the first bad step exactly.
+A step then costs two ops (kernel launches on a GPU): copying the loss into the window and one check of all
+gradients, writing into the step's flag. On a GPU a read per step would be a host sync per step; on a CPU
+it is not, but the four more ops a step of it takes cost ~0.7% of a book-model step inside training
+(docs/measurements.md#train-guard). `check_every=1` reads every step and stops before the optimizer
+applies a bad gradient (the weights stay finite); with the window, a bad step's update is applied and the
+run stops at the window's read, at most `check_every - 1` steps later, naming the same step.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
 
@@ -13,7 +16,7 @@ An fp16 run (`Learner(precision="fp16")`) is different: an Inf gradient there is
 the scale is too large, and the scaler skips that step and halves the scale. That is not a failure, so the
 guard does not stop on it. It stops when the scaler skips `max_skipped` steps in a row (16 by default): by
 then the scale has been halved 16 times, from 65536 (torch's initial scale) down to 1, so no loss scale
-gives this run finite gradients. A NaN/Inf loss stops an fp16 run at once, as it does any other. The count of
+gives this run finite gradients. A NaN/Inf loss stops an fp16 run as it does any other. The count of
 consecutive skips starts again at 0 when a run resumes.
 """
 
@@ -61,20 +64,20 @@ def first_nonfinite_layer(model: torch.nn.Module, xb: torch.Tensor) -> str | Non
     return found[0] if found else None
 
 
+DEFAULT_CHECK_EVERY = 16
+
+
 class NonFiniteGuard(Callback):
     order = 5
 
     def __init__(self, check_gradients: bool = True, check_every: int | None = None, max_skipped: int = 16) -> None:
         check_whole_number("max_skipped", max_skipped, note="steps the fp16 loss scaler may skip in a row")
         self.check_gradients = check_gradients
-        self.check_every = check_every  # None: 1 on the CPU, 16 on CUDA
+        self.check_every = check_every  # None: DEFAULT_CHECK_EVERY on every device
         self.max_skipped = max_skipped
 
     def before_fit(self) -> None:
-        if self.check_every is None:
-            self.every = 16 if self.learn.device.type == "cuda" else 1
-        else:
-            self.every = self.check_every
+        self.every = DEFAULT_CHECK_EVERY if self.check_every is None else self.check_every
         device = self.learn.device
         # The window read every `every` steps: row 0 the steps' losses, row 1 their gradient flags (> 0: a
         # NaN/Inf); the steps themselves are kept on the host. Views of each slot are made once, since
@@ -83,6 +86,8 @@ class NonFiniteGuard(Callback):
         self._slots = [(self._window[0, k], self._window[1, k : k + 1]) for k in range(self.every)]
         self._steps: list[int] = []
         self._found = torch.zeros(1, device=device)  # every == 1: the gradient flag, read at once
+        # Where a host read costs no sync (the CPU), the loss is read at every step even with a window.
+        self._read_loss = device.type == "cpu"
         self._one = torch.ones(1, device=device)
         # Listed once: walking the module tree for them at every step costs more than the check itself.
         self._params = list(self.learn.model.parameters())
@@ -97,14 +102,20 @@ class NonFiniteGuard(Callback):
         if not self.learn.training:
             return
         loss = self.learn.loss.detach()
-        if self.every == 1:  # read now, before backward and the optimizer step, so the weights stay finite
-            if not torch.isfinite(loss).all().item():
-                self._stop("loss", f"{loss.item()}", self.learn.train_iter)
-            return
-        if len(self._steps) == self.every:  # a read was missed (no after_batch): never overwrite a slot
+        window = self.every > 1
+        if window and len(self._steps) == self.every:  # a read was missed (no after_batch): never overwrite a slot
             self.check_now()
-        self._slots[len(self._steps)][0].copy_(loss.reshape(()))
-        self._steps.append(self.learn.train_iter)
+        if not window or self._read_loss:
+            # Read now, before backward and the optimizer step: the weights stay finite, and the layer search
+            # below runs on the weights that made the bad loss. On a CPU the read costs one op, no sync.
+            finite = math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all())
+            if not finite:
+                self.check_now()  # a gradient flagged at an earlier step of the window is the first bad step
+                self._stop("loss", f"{loss.item() if loss.numel() == 1 else 'NaN/Inf'}", self.learn.train_iter)
+        else:
+            self._slots[len(self._steps)][0].copy_(loss.reshape(()))
+        if window:
+            self._steps.append(self.learn.train_iter)
 
     def after_backward(self) -> None:
         if not self.check_gradients:
