@@ -1,14 +1,16 @@
 """NonFiniteGuard: stop at the first NaN/Inf loss or gradient, naming the step and the first layer.
 
-By default the guard keeps, on the device, each step's loss and a flag for its gradients in a window of
-`check_every` steps (16), and reads the window when it is full, at every epoch end and before every
-checkpoint, so no checkpoint ever holds non-finite weights; the report names the first bad step exactly.
-A step then costs two ops (kernel launches on a GPU): copying the loss into the window and one check of all
-gradients, writing into the step's flag. On a GPU a read per step would be a host sync per step; on a CPU
-it is not, but the four more ops a step of it takes cost ~0.7% of a book-model step inside training
-(docs/measurements.md#train-guard). `check_every=1` reads every step and stops before the optimizer
-applies a bad gradient (the weights stay finite); with the window, a bad step's update is applied and the
-run stops at the window's read, at most `check_every - 1` steps later, naming the same step.
+By default the guard keeps, on the device, a flag for each step's gradients in a window of `check_every`
+steps (16), and reads the window when it is full, at every epoch end and before every checkpoint, so no
+checkpoint ever holds non-finite weights; the report names the first bad step exactly. The loss is read at
+every step where a read costs no sync (the CPU: `loss.item()`, one op), so a NaN/Inf loss stops the step
+before its update; on a GPU, where that read would be a host sync per step, the losses wait in the window
+too. A step then costs one or two ops: the check of all gradients, writing into the step's flag, and the
+loss's read or its copy into the window. Reading the gradient flag at every step as well cost ~100 us a
+step inside training on a CPU, ~0.4% of a book-model step (docs/measurements.md#train-guard).
+`check_every=1` does that, and stops before the optimizer applies a bad gradient (the weights stay
+finite); with the window a bad gradient's update is applied, and the run stops at the next NaN/Inf loss or
+the window's read, at most `check_every - 1` steps later, naming the step where it went bad.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
 
@@ -108,10 +110,10 @@ class NonFiniteGuard(Callback):
         if not window or self._read_loss:
             # Read now, before backward and the optimizer step: the weights stay finite, and the layer search
             # below runs on the weights that made the bad loss. On a CPU the read costs one op, no sync.
-            finite = math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all())
-            if not finite:
+            value = loss.item() if loss.numel() == 1 else None
+            if not (math.isfinite(value) if value is not None else torch.isfinite(loss).all()):
                 self.check_now()  # a gradient flagged at an earlier step of the window is the first bad step
-                self._stop("loss", f"{loss.item() if loss.numel() == 1 else 'NaN/Inf'}", self.learn.train_iter)
+                self._stop("loss", "NaN/Inf" if value is None else f"{value}", self.learn.train_iter)
         else:
             self._slots[len(self._steps)][0].copy_(loss.reshape(()))
         if window:
