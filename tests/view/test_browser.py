@@ -90,6 +90,7 @@ def test_live_view_shows_a_run_growing_while_it_trains(browser, data_dir, tmp_pa
         with np.load(runs / "live" / "stats.npz") as stats:
             i = stats["layers"].tolist().index(second["layer"])
             n = len(second["x"])
+            assert len(second["y"]) == n, "the chart's x and y differ in length: it drew a half-merged run"
             assert second["x"] == stats["steps"][:n].tolist() == list(range(0, 4 * n, 4))
             np.testing.assert_allclose(second["y"], stats["mean"][:n, i], rtol=1e-5)
         with np.load(runs / "live" / "steps.npz") as steps:

@@ -125,15 +125,15 @@
   function drawTraining(list) {
     const loss = [], acc = [], lr = [];
     for (const r of list) {
-      const s = r.steps;
-      loss.push({x: s.step, y: s.loss, name: r.name + " (raw)", legendgroup: r.id, showlegend: false,
+      const s = r.steps, x = s.step.slice();  // copies: see drawLayer
+      loss.push({x: x, y: s.loss.slice(), name: r.name + " (raw)", legendgroup: r.id, showlegend: false,
                  line: {color: r.color, width: 1}, opacity: 0.3, type: "scatter", mode: "lines"});
-      loss.push({x: s.step, y: ema(s.loss, 0.9), name: r.name, legendgroup: r.id, line: {color: r.color, width: 2},
+      loss.push({x: x, y: ema(s.loss, 0.9), name: r.name, legendgroup: r.id, line: {color: r.color, width: 2},
                  type: "scatter", mode: "lines"});
       const m = r.data.metrics.filter(row => row.accuracy !== undefined && row.accuracy !== null);
       acc.push({x: m.map(row => row.epoch + 1), y: m.map(row => 100 * row.accuracy), name: r.name,
                 mode: "lines+markers", line: {color: r.color}});
-      lr.push({x: s.step, y: s.lr, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"});
+      lr.push({x: x, y: s.lr.slice(), name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"});
     }
     draw("plot-loss", loss, layout("training loss per step (faint: raw; line: smoothed, EMA 0.9)",
                                    {yaxis: {type: "log"}, xaxis: {title: {text: "step", standoff: 2}}}));
@@ -166,7 +166,9 @@
       const traces = withStats.map(r => {
         const i = r.stats.layers.indexOf(layer);
         const y = r.stats[k].map(row => row[i] === null ? null : (pct ? 100 * row[i] : row[i]));
-        return {x: r.stats.steps, y: y, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"};
+        // a copy of the steps: the live array grows on the next merge, before this chart is drawn again, and
+        // Plotly (and anything that reads the chart) must see an x as long as its y
+        return {x: r.stats.steps.slice(), y: y, name: r.name, line: {color: r.color}, type: "scatter", mode: "lines"};
       });
       let extra = {xaxis: {title: {text: "step", standoff: 2}}};
       if (log) extra.yaxis = {type: "log"};
@@ -199,7 +201,7 @@
       const y = Array.from({length: h.bins}, (_, b) => lo + (b + 0.5) * width);
       const z = y.map((_, b) => h.hist.map(row => row[b] === null ? null : Math.log1p(row[b])));
       const allDark = z.every(row => row.every(v => !v));
-      Plotly.react(div, [{x: h.steps, y: y, z: z, type: "heatmap", colorscale: "Viridis", showscale: false,
+      Plotly.react(div, [{x: h.steps.slice(), y: y, z: z, type: "heatmap", colorscale: "Viridis", showscale: false,
                           hovertemplate: "step %{x}<br>value %{y:.3g}<br>log(1+count) %{z:.2f}<extra></extra>"}],
                    layout(`${r.name}: ${layer}, range [${lo}, ${hi}]` + (allDark ? " (all dark: no counts)" : ""),
                           {xaxis: {title: {text: "step", standoff: 2}}, yaxis: {title: {text: "activation"}}}),
