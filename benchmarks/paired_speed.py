@@ -98,12 +98,16 @@ def worker(seed: int, chunk: int, epochs: int, stats: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(**BOOK, epochs=epochs, seed=seed, device="cpu", out=out, name="run")
         # stats=False + ActivationStats(): the statistics of `convscope train`, without the report after fit.
-        result = run_training(cfg, cbs=[turns, ActivationStats()] if stats else [turns], stats=False)
+        collect = ActivationStats()
+        result = run_training(cfg, cbs=[turns, collect] if stats else [turns], stats=False)
     steps = result.learn.train_iter
+    # the interval every="auto" chose from its calibration window (the rows' share of the cost depends on it)
+    chosen = collect.collector.chooser.measured if stats and collect.collector.chooser is not None else {}
     convscope_s = turns.total_s - turns.bare_s
     return {"convscope_sps": steps * cfg.bs / convscope_s, "bare_sps": turns.bare_steps * cfg.bs / turns.bare_s,
             "steps": steps, "bare_steps": turns.bare_steps,
-            "convscope_acc": result.learn.valid_results["accuracy"], "bare_acc": turns.bare_acc[-1]}
+            "convscope_acc": result.learn.valid_results["accuracy"], "bare_acc": turns.bare_acc[-1],
+            "rows": chosen}
 
 
 def main() -> None:
@@ -125,7 +129,9 @@ def main() -> None:
         ratios.append(res["convscope_sps"] / res["bare_sps"])
         print(f"repeat {r + 1} seed {r}: convscope {res['convscope_sps']:,.0f} samples/s ({res['steps']} steps), "
               f"bare {res['bare_sps']:,.0f} samples/s ({res['bare_steps']} steps), ratio {ratios[-1]:.3f}; "
-              f"test accuracy {100 * res['convscope_acc']:.2f}% / {100 * res['bare_acc']:.2f}%", flush=True)
+              f"test accuracy {100 * res['convscope_acc']:.2f}% / {100 * res['bare_acc']:.2f}%"
+              + (f"; rows every {rows['every']} (row {rows['row_ms']:.1f} ms, step {rows['step_ms']:.1f} ms)"
+                 if (rows := res["rows"]) else ""), flush=True)
     print(f"ratio min {min(ratios):.3f}  max {max(ratios):.3f}")
     print(f"paired_speed ratio={statistics.median(ratios):.3f}")
 

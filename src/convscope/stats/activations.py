@@ -42,7 +42,7 @@ class ActivationStats(Callback):
     the layer's gradient norm and update/weight ratio.
 
     every:      record one training step in `every`; "auto" (the default): every 4th step at first, then,
-                from the time the first 40 steps took, the widest interval among 4, 8, ..., 64 needed to
+                from the time the first 24 steps took, the widest interval among 4, 8, ..., 64 needed to
                 keep the rows' cost within `budget` of the training time (stats/interval.py; pass an
                 integer where two runs' rows must match exactly).
     budget:     the share of training time the rows may take under every="auto" (default 0.01: with the

@@ -11,10 +11,11 @@ element work is small and its op count fixed), so a fixed interval that costs 2%
 A step's time is the wall time from its start (the Learner's before_batch) to its end; where the start is
 not seen (watch()), from the previous step's end, data loading and anything else between steps included.
 The window skips the first WARMUP steps (allocation, compilation of a compiled model's two graphs, a cold
-cache) and holds WINDOW steps: 8 recorded and 24 others at the starting interval. The choice is made once,
-when DECIDE_AT steps have ended, and never revisited, so the rows of a run lie on one grid of multiples of
-`every` (the rows of the window that are off the new grid are dropped, as when max_rows
-thins them). A run shorter than DECIDE_AT steps keeps the starting interval.
+cache) and holds WINDOW steps: 4 recorded and 12 others at the starting interval. (A window of 32 made the
+same choice in 10 of 12 book runs, timed on the same steps, and records 4 rows more, ~0.2% of a 3-epoch book
+run: docs/measurements.md#stats-window.) The choice is made once, when DECIDE_AT steps have ended, and never
+revisited, so the rows of a run lie on one grid of multiples of `every` (the rows of the window that are off
+the new grid are dropped, as when max_rows thins them). A run shorter than DECIDE_AT steps keeps the starting interval.
 
 What is not reproducible: the interval depends on measured time, so two runs of the same seed may keep rows
 at different intervals (the values of a row kept by both are identical). A resumed run keeps the interval
@@ -32,12 +33,12 @@ AUTO = "auto"
 AUTO_START = 4  # the starting interval: ActivationStats' fixed default before the interval was measured
 AUTO_MAX = 64  # at most this sparse: ~15 rows in an MNIST epoch at bs 64, enough for the plots and rules
 # The share of training time the rows after the window may take: 1%, so that all the statistics cost
-# stays near 2% with the rest counted in: the window's 10 rows (at ~4 ms a row of the book model, about
-# 0.4% of a 3-epoch run at bs 512) and the callbacks of every step. benchmarks/model_overhead.py, which
-# leaves the window out, measured 1.00-1.015 with this budget and 1.02-1.05 with 2% (README's table).
+# stays near 2% with the rest counted in: the 6 rows of the warm-up and window (at ~4 ms a row of the book
+# model, about 0.3% of a 3-epoch run at bs 512) and the callbacks of every step. benchmarks/model_overhead.py,
+# which leaves the window out, measured 1.00-1.015 with this budget and 1.02-1.05 with 2% (README's table).
 DEFAULT_BUDGET = 0.01
 WARMUP = 8
-WINDOW = 32
+WINDOW = 16
 DECIDE_AT = WARMUP + WINDOW  # the step whose end makes the choice
 
 
