@@ -18,9 +18,10 @@ and take the same batches. They take turns of `chunk` steps, so both see the sam
 alternates which goes first. Two compiled models of one class share dynamo's compiled code, whose guards by
 default do not look at hooks (so the model without statistics could run the code traced with them); the
 script makes dynamo guard on hooks, for both contenders alike. Untimed first: the warm-up (compilation, both
-graph variants) and the interval's calibration window (its first 40 steps at every 4th step, a one-off cost:
-~0.5% of a 938-step epoch at the simple model's measured row cost). A repeat holds `turns * chunk` steps, a
-multiple of the widest interval (64), so each contender's timed steps hold the same rows. A cell's ratio is
+graph variants) and the interval's calibration window (its first DECIDE_AT = 24 steps at every 4th step, a
+one-off cost: ~0.3% of a 938-step epoch at the simple model's measured row cost). A repeat holds
+`turns * chunk` steps, a multiple of the widest interval (64), so each contender's timed steps hold the same
+rows. A cell's ratio is
 the median over repeats of its summed seconds with statistics over its summed seconds without.
 The Learner's turns are fits of `chunk` steps each, so both contenders pay a fit's start and end once per
 turn (and the statistics their attach and flush there, which a real run pays once per epoch).
@@ -43,12 +44,14 @@ import torch._dynamo
 import torch.nn.functional as F
 from _common import DEFAULT_DATA, REPO
 
+from convscope.stats.interval import AUTO_MAX, DECIDE_AT
+
 sys.path.insert(0, str(REPO / "tests" / "stats"))  # the user-style models live beside the tests that use them
 from _user_models import TorchvisionResNet, fashion_rgb32  # noqa: E402
 
 MODELS = ("simple", "resnet")
-WIDEST = 64  # interval.AUTO_MAX: a repeat's steps are a multiple of it
-CALIBRATION = 40  # interval.DECIDE_AT: steps before the interval is chosen
+WIDEST = AUTO_MAX  # a repeat's steps are a multiple of it
+CALIBRATION = DECIDE_AT  # steps before the interval is chosen
 
 
 def load(model: str) -> tuple[torch.Tensor, torch.Tensor]:
