@@ -21,8 +21,8 @@ script makes dynamo guard on hooks, for both contenders alike. Untimed first: th
 graph variants) and the interval's calibration window (its first DECIDE_AT = 24 steps at every 4th step, a
 one-off cost: ~0.3% of a 938-step epoch at the simple model's measured row cost). A repeat holds
 `turns * chunk` steps, a multiple of the widest interval (64), so each contender's timed steps hold the same
-rows. A cell's ratio is
-the median over repeats of its summed seconds with statistics over its summed seconds without.
+rows. A cell's ratio is the median over repeats of its summed seconds with statistics over its summed seconds
+without.
 The Learner's turns are fits of `chunk` steps each, so both contenders pay a fit's start and end once per
 turn (and the statistics their attach and flush there, which a real run pays once per epoch).
 Last line: `model_overhead simple=<r> resnet=<r> simple_compiled=<r> resnet_compiled=<r>`, each the worse of

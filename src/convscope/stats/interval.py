@@ -15,7 +15,8 @@ cache) and holds WINDOW steps: 4 recorded and 12 others at the starting interval
 same choice in 10 of 12 book runs, timed on the same steps, and records 4 rows more, ~0.2% of a 3-epoch book
 run: docs/measurements.md#stats-window.) The choice is made once, when DECIDE_AT steps have ended, and never
 revisited, so the rows of a run lie on one grid of multiples of `every` (the rows of the window that are off
-the new grid are dropped, as when max_rows thins them). A run shorter than DECIDE_AT steps keeps the starting interval.
+the new grid are dropped, as when max_rows thins them). A run shorter than DECIDE_AT steps keeps the starting
+interval.
 
 What is not reproducible: the interval depends on measured time, so two runs of the same seed may keep rows
 at different intervals (the values of a row kept by both are identical). A resumed run keeps the interval

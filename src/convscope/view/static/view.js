@@ -90,8 +90,8 @@
   const BASE = {margin: {l: 55, r: 12, t: 30, b: 30}, font: {size: 11}, uirevision: "keep",
                 legend: {orientation: "h", y: -0.3, font: {size: 10}}, hovermode: "closest"};
 
-  // The step arrays grow in place (push), and Plotly.react redraws an array it has seen before only when the
-  // layout's datarevision changes: one new revision per drawing.
+  // The run's arrays grow in place (push) as polls merge; the charts are drawn from copies (see drawLayer),
+  // and each drawing gets a new datarevision, so Plotly.react redraws even a trace whose arrays it has seen.
   let revision = 0;
 
   function layout(title, extra) {
