@@ -35,7 +35,11 @@ class SignalSelf(Callback):
 
 def config(run_dir: Path, recipe: str = "book") -> TrainConfig:
     """`fast` adds the fast recipe's crop, Linear head, channels_last and the freeze of conv1 half-way."""
-    settings = recipe_settings(recipe, epochs=2, bs=256, lr=0.03, limit_train=4096, device="cpu", seed=7)
+    # A fixed statistics interval: every="auto" chooses from measured time once 24 steps have run (these runs
+    # have 32), so a straight run and a resumed one may keep different rows (stats/interval.py), and these
+    # runs must match bitwise.
+    settings = recipe_settings(recipe, epochs=2, bs=256, lr=0.03, limit_train=4096, device="cpu", seed=7,
+                               stats_every=4)
     return TrainConfig(**settings, out=str(run_dir.parent), name=run_dir.name, recipe=recipe)
 
 
