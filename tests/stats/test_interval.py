@@ -67,14 +67,56 @@ def test_the_chooser_times_the_window_and_decides_once():
     assert chooser.measured == {"row_ms": 500.0, "step_ms": 1000.0, "budget": 0.02, "every": 32}
 
 
-def test_a_resume_past_the_window_keeps_its_interval():
+def test_a_resume_keeps_the_interval_its_checkpoint_was_saved_with():
     clock = Clock()
     chooser = IntervalChooser(clock=clock)
+    saved = {"row_ms": 2.0, "step_ms": 10.0, "budget": 0.01, "every": 32}
+    chooser.keep(saved)
     chosen = []
     for step in range(DECIDE_AT + 5, DECIDE_AT + 60):
-        clock.advance(10.0 if step % 4 == 0 else 1.0)
+        clock.advance(10.0 if step % 4 == 0 else 1.0)  # rows that look very expensive: no new choice made
         chosen.append(chooser.step_ended(step, step % 4 == 0))
-    assert chosen == [None] * 55
+    assert chosen == [None] * 55 and chooser.measured == saved
+
+
+@pytest.mark.parametrize("resumed_at", [1, 13, DECIDE_AT - 1, DECIDE_AT + 5])
+def test_a_run_resumed_before_its_choice_times_a_window_of_its_own(resumed_at):
+    """Interrupted before the choice (its checkpoint holds none): the resumed run skips WARMUP steps from
+    where it resumed, times the next WINDOW, and chooses; without that it would record every 4th step to
+    its end."""
+    clock = Clock()
+    chooser = IntervalChooser(budget=0.02, clock=clock)
+    chosen = {}
+    for step in range(resumed_at, resumed_at + 100):
+        chooser.step_started()
+        clock.advance(1.5 if step % AUTO_START == 0 else 1.0)
+        chosen[step] = chooser.step_ended(step, step % AUTO_START == 0)
+    assert {s: c for s, c in chosen.items() if c is not None} == {resumed_at + DECIDE_AT - 1: 32}
+    assert chooser.measured["row_ms"] == 500.0 and chooser.measured["step_ms"] == 1000.0
+
+
+def test_restored_statistics_bring_their_choice_or_leave_the_window_to_the_resumed_run(mnist_tensors):
+    """The collector's side of a resume: statistics saved after the choice hand it to the chooser (kept, no
+    new window); statistics saved before it (no choice in them) leave the resumed run to time its own."""
+    from convscope.stats.collector import StatsCollector
+
+    x, y, _, _ = mnist_tensors
+    model = simple_cnn()
+    with watch(model) as w:
+        train(model, w, x, y, DECIDE_AT + 4, extra=100.0)  # rows look very expensive: the widest interval
+    chosen = w.data
+    assert chosen.every == AUTO_MAX and chosen.interval["every"] == AUTO_MAX
+    resumed = StatsCollector(simple_cnn(), every="auto")
+    resumed.restore(chosen, before_step=DECIDE_AT + 4)
+    assert resumed.chooser.done and resumed.chooser.measured == chosen.interval and resumed.buffer.every == AUTO_MAX
+
+    early = simple_cnn()
+    with watch(early) as w:
+        train(early, w, x, y, 10)
+    assert w.data.interval == {} and w.data.every == AUTO_START
+    resumed = StatsCollector(simple_cnn(), every="auto")
+    resumed.restore(w.data, before_step=10)
+    assert not resumed.chooser.done and resumed.buffer.every == AUTO_START
 
 
 def test_a_run_shorter_than_the_window_keeps_the_starting_interval(mnist_tensors):

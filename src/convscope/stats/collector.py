@@ -465,7 +465,7 @@ class StatsCollector:
         self.buffer.restore(data.steps[keep], values, data.hist[keep], grads, data.every, data.ran[keep],
                             data.frozen[keep])
         if self.chooser is not None and data.interval:
-            self.chooser.measured = dict(data.interval)
+            self.chooser.keep(data.interval)
         if self.hist_range == "adaptive" and len(data.steps):
             self.ranges = [tuple(r) for r in data.hist_range]
             self.layouts = self._layouts()

@@ -20,8 +20,9 @@ interval.
 
 What is not reproducible: the interval depends on measured time, so two runs of the same seed may keep rows
 at different intervals (the values of a row kept by both are identical). A resumed run keeps the interval
-its checkpoint was saved with; a resume from before DECIDE_AT chooses again. Pass an integer `every` where
-rows must match exactly.
+its checkpoint's statistics were saved with; one resumed before the choice was made times a window of its
+own, WARMUP + WINDOW steps from where it resumed (else it would record every AUTO_START-th step to its end).
+Pass an integer `every` where rows must match exactly.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ class IntervalChooser:
         self.last_end: float | None = None
         self.started: float | None = None
         self.done = False
+        self.first: int | None = None  # the first step this process timed (> 0 in a resumed run)
         self.measured: dict[str, float] = {}  # what the choice was made from (for the run's config)
+
+    def keep(self, measured: dict[str, float]) -> None:
+        """A resumed run whose checkpoint already holds a choice: keep it, time nothing."""
+        self.measured, self.done = dict(measured), True
 
     def step_started(self) -> None:
         if not self.done:
@@ -73,16 +79,19 @@ class IntervalChooser:
         """Call at the end of training step `step`; returns the chosen interval when the window ends, else None."""
         if self.done:
             return None
+        if self.first is None:
+            self.first = step
+        at = step - self.first  # a run resumed before its choice times a window of its own from where it resumed
         now = self.clock()
         began = self.started if self.started is not None else self.last_end
-        if began is not None and WARMUP <= step < DECIDE_AT:
+        if began is not None and WARMUP <= at < DECIDE_AT:
             (self.recorded if was_recorded else self.other).append(now - began)
         self.last_end, self.started = now, None
-        if step < DECIDE_AT - 1:
+        if at < DECIDE_AT - 1:
             return None
         self.done = True
-        if step != DECIDE_AT - 1 or len(self.recorded) < 4 or len(self.other) < 8:
-            return None  # a resume that began in or past the window: too few steps timed to choose
+        if len(self.recorded) < 4 or len(self.other) < 8:
+            return None  # too few steps timed to choose (their starts not seen): keep the interval
         step_s = statistics.median(self.other)
         row_s = max(statistics.median(self.recorded) - step_s, 0.0)
         every = choose_every(row_s, step_s, self.budget)
