@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "Callback": "convscope.train.callback",
     "ConfigError": "convscope.errors",
     "ConvscopeError": "convscope.errors",
+    "ConvscopeWarning": "convscope.errors",
     "DataError": "convscope.errors",
     "Learner": "convscope.train.learner",
     "Recorder": "convscope.train.recorder",
@@ -40,6 +41,7 @@ __all__ = [  # the names of _EXPORTS, and the version (a test checks that the tw
     "Callback",
     "ConfigError",
     "ConvscopeError",
+    "ConvscopeWarning",
     "DataError",
     "Learner",
     "Recorder",
@@ -55,7 +57,7 @@ __all__ = [  # the names of _EXPORTS, and the version (a test checks that the tw
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from convscope.config import TrainConfig
-    from convscope.errors import ConfigError, ConvscopeError, DataError, RunError
+    from convscope.errors import ConfigError, ConvscopeError, ConvscopeWarning, DataError, RunError
     from convscope.experiments.tensorboard import TensorBoard
     from convscope.runs.run import Run, load_run
     from convscope.runs.stats_data import ActivationStatsData
