@@ -99,6 +99,30 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mnist_subset(data_dir, tmp_path_factory):
+    """`make(n_train, n_test)`: a new folder holding mnist/ with the first n_train training and n_test test
+    images of real MNIST, as raw (uncompressed) IDX files with their headers' counts rewritten."""
+    import gzip
+    import math
+
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def make(n_train: int, n_test: int) -> Path:
+        root = tmp_path_factory.mktemp(f"mnist-{n_train}-{n_test}")
+        (root / "mnist").mkdir()
+        for name in names:
+            raw = gzip.decompress((data_dir / "mnist" / f"{name}.gz").read_bytes())
+            n = n_train if name.startswith("train") else n_test
+            dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+            item = math.prod(dims[1:])
+            header = bytes([0, 0, raw[2], len(dims)]) + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
+            (root / "mnist" / name).write_bytes(header + raw[4 + 4 * len(dims) :][: n * item])
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def mnist(data_dir):
     from convscope.data.sources import load_dataset
 

@@ -34,7 +34,6 @@ from convscope.errors import ConvscopeError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 N_TRAIN, N_TEST = 1024, 256  # the tiny MNIST subset every row starts from
-IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -721,18 +720,9 @@ def _idx_header(code: int, dims: tuple[int, ...]) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def tiny_mnist(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_mnist(mnist_subset) -> Path:
     """A folder holding mnist/ with the first 1024 training and 256 test images of real MNIST (raw IDX)."""
-    root = tmp_path_factory.mktemp("tiny-mnist")
-    (root / "mnist").mkdir()
-    for name in IDX:
-        raw = gzip.decompress((data_dir / "mnist" / f"{name}.gz").read_bytes())
-        n = N_TRAIN if name.startswith("train") else N_TEST
-        dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3]))
-        item = int(np.prod(dims[1:]))
-        body = raw[4 + 4 * len(dims) :][: n * item]
-        (root / "mnist" / name).write_bytes(_idx_header(raw[2], (n, *dims[1:])) + body)
-    return root
+    return mnist_subset(N_TRAIN, N_TEST)
 
 
 @pytest.fixture(scope="session")

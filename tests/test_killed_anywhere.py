@@ -8,7 +8,6 @@ tests/kill_worker.py, says what a moment is and how each run is made.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
@@ -21,22 +20,12 @@ import pytest
 from safetensors.numpy import load_file
 
 WORKER = Path(__file__).with_name("kill_worker.py")
-IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @pytest.fixture(scope="module")
-def tiny_mnist(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_mnist(mnist_subset) -> Path:
     """mnist/ with the first 512 training and 256 test images of real MNIST (raw IDX): runs of a second."""
-    root = tmp_path_factory.mktemp("kill-mnist")
-    (root / "mnist").mkdir()
-    for name in IDX:
-        raw = gzip.decompress((data_dir / "mnist" / f"{name}.gz").read_bytes())
-        n = 512 if name.startswith("train") else 256
-        dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3]))
-        body = raw[4 + 4 * len(dims) :][: n * int(np.prod(dims[1:]))]
-        header = bytes([0, 0, raw[2], len(dims)]) + b"".join(d.to_bytes(4, "big") for d in (n, *dims[1:]))
-        (root / "mnist" / name).write_bytes(header + body)
-    return root
+    return mnist_subset(512, 256)
 
 
 def run_files(run_dir: Path) -> dict:
