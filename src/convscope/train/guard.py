@@ -1,16 +1,17 @@
 """NonFiniteGuard: stop at the first NaN/Inf loss or gradient, naming the step and the first layer.
 
-By default the guard keeps, on the device, a flag for each step's gradients in a window of `check_every`
-steps (16), and reads the window when it is full, at every epoch end and before every checkpoint, so no
-checkpoint ever holds non-finite weights; the report names the first bad step exactly. The loss is read at
-every step where a read costs no sync (the CPU: `loss.item()`, one op), so a NaN/Inf loss stops the step
-before its update; on a GPU, where that read would be a host sync per step, the losses wait in the window
-too. A step then costs one or two ops: the check of all gradients, writing into the step's flag, and the
-loss's read or its copy into the window. Reading the gradient flag at every step as well cost ~100 us a
-step inside training on a CPU, ~0.4% of a book-model step (docs/measurements.md#train-guard).
-`check_every=1` does that, and stops before the optimizer applies a bad gradient (the weights stay
-finite); with the window a bad gradient's update is applied, and the run stops at the next NaN/Inf loss or
-the window's read, at most `check_every - 1` steps later, naming the step where it went bad.
+By default the guard keeps, on the device, a flag for each step's gradients in a window of `check_every` steps
+(16), and reads the window when it is full, at every epoch end and before every checkpoint, so no checkpoint
+ever holds non-finite weights; the report names the first bad step exactly. The loss is read at every step
+where a read costs no sync (the CPU: `loss.item()`, one op), so a NaN/Inf loss stops the step before its
+update; on a GPU, where that read would be a host sync per step, the losses wait in the window too
+(`read_loss=False` does that on a CPU as well). A step then costs one or two ops: the check of all gradients,
+writing into the step's flag, and the loss's read or its copy into the window. Reading the gradient flag at
+every step as well cost ~100 us a step inside training on a CPU, ~0.4% of a book-model step
+(docs/measurements.md#train-guard). `check_every=1` does that, and stops before the optimizer applies a bad
+gradient (the weights stay finite); with the window a bad gradient's update is applied, and the run stops at
+the next NaN/Inf loss or the window's read, at most `check_every - 1` steps later, naming the step where it
+went bad.
 The layer is found by running the offending batch again with hooks that test each module's output,
 in forward order, so it names where the non-finite values first appear.
 
@@ -72,11 +73,15 @@ DEFAULT_CHECK_EVERY = 16
 class NonFiniteGuard(Callback):
     order = 5
 
-    def __init__(self, check_gradients: bool = True, check_every: int | None = None, max_skipped: int = 16) -> None:
+    def __init__(self, check_gradients: bool = True, check_every: int | None = None, max_skipped: int = 16,
+                 read_loss: bool | None = None) -> None:
         check_whole_number("max_skipped", max_skipped, note="steps the fp16 loss scaler may skip in a row")
         self.check_gradients = check_gradients
         self.check_every = check_every  # None: DEFAULT_CHECK_EVERY on every device
         self.max_skipped = max_skipped
+        # Whether the loss is read at every step even with a window: None reads it where a read costs no
+        # sync (the CPU); False keeps the losses in the window too, as on a GPU.
+        self.read_loss = read_loss
 
     def before_fit(self) -> None:
         self.every = DEFAULT_CHECK_EVERY if self.check_every is None else self.check_every
@@ -89,7 +94,7 @@ class NonFiniteGuard(Callback):
         self._steps: list[int] = []
         self._found = torch.zeros(1, device=device)  # every == 1: the gradient flag, read at once
         # Where a host read costs no sync (the CPU), the loss is read at every step even with a window.
-        self._read_loss = device.type == "cpu"
+        self._read_loss = device.type == "cpu" if self.read_loss is None else self.read_loss
         self._one = torch.ones(1, device=device)
         # Listed once: walking the module tree for them at every step costs more than the check itself.
         self._params = list(self.learn.model.parameters())
