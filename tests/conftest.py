@@ -105,13 +105,12 @@ def mnist_subset(data_dir, tmp_path_factory):
     import gzip
     import math
 
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
     def make(n_train: int, n_test: int) -> Path:
         root = tmp_path_factory.mktemp(f"mnist-{n_train}-{n_test}")
         (root / "mnist").mkdir()
-        for name in names:
-            raw = gzip.decompress((data_dir / "mnist" / f"{name}.gz").read_bytes())
+        for gz in DATA_FILES:
+            name = gz.removesuffix(".gz")
+            raw = gzip.decompress((data_dir / "mnist" / gz).read_bytes())
             n = n_train if name.startswith("train") else n_test
             dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
             item = math.prod(dims[1:])
