@@ -111,7 +111,10 @@ def test_later_rows_equal_the_per_layer_path_too(mnist_tensors, rows, sample):
 
 def test_other_ranges_keep_the_per_layer_path():
     model = simple_cnn()
-    assert StatsCollector(model, hist_range=(0.0, 7.0))._batch is None  # no fine bin edge at 0.05
+    # 40 bins over [0, 7.3]: sub-bins with an edge at 0.05 would be 1/20 of a 0.1825-wide bin's 1/73rd,
+    # 2920 fine bins, over compute.MAX_FINE_BINS ([0, 7] has them: 280 of 0.025 each)
+    assert StatsCollector(model, hist_range=(0.0, 7.3))._batch is None
+    assert StatsCollector(model, hist_range=(0.0, 7.0))._batch is not None
     assert StatsCollector(model, hist_range=(0.5, 10.5))._batch is None  # no edge at 0
     assert StatsCollector(model, hist_range="adaptive")._batch is None  # one range per layer
     assert StatsCollector(model, with_hist=False)._batch is None

@@ -51,7 +51,8 @@ class ActivationStats(Callback):
                 `every=1, sample=None` records exact statistics at every step. The sampling error of the
                 defaults is measured in tests/stats/test_sampling.py.
     with_hist:  also record histograms (`bins` bins over `hist_range`: 'auto' = [0, 10] after a ReLU-like
-                activation and [-5, 5] elsewhere, so a conv's negative half shows; (0, 10) = fastai's
+                activation, an activation's own bounds where it has them ([0, 1] for a sigmoid or softmax,
+                [-1, 1] for a tanh) and [-5, 5] elsewhere, so a conv's negative half shows; (0, 10) = fastai's
                 range for every layer; 'signed' = (-10, 10); 'adaptive' = per-layer range fixed from
                 the first recorded batch).
     modules:    None = every leaf module with parameters plus activation modules; or name patterns,

@@ -57,9 +57,43 @@ HistRange = tuple[float, float] | str
 # hist_range="auto": [0, 10] (fastai's range) for the outputs of activations that are never negative, and
 # [-5, 5] for every other layer (conv, linear, normalisation, blocks), whose negative half a [0, 10] range
 # would hide. Both split into 200 fine bins of 0.05 with 40 bins, so one row batch counts them all.
+# Activations with bounded outputs get their bounds instead: a sigmoid's values in [0, 10] would fill 4 of
+# the 40 bins. Their ranges split into as many fine bins (of 0.005 for [0, 1]), so the row batch takes them
+# too (see _layouts).
 NONNEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
 AFTER_ACTIVATION_RANGE = (0.0, 10.0)
 SIGNED_RANGE = (-5.0, 5.0)
+UNIT_BOUNDED = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, nn.Softmin)  # values in [0, 1]
+
+
+def output_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """The smallest and largest value `module` can output, for the activations that have them."""
+    if isinstance(module, UNIT_BOUNDED):
+        return (0.0, 1.0)
+    if isinstance(module, nn.Tanh):
+        return (-1.0, 1.0)
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+        return (float(module.min_val), float(module.max_val))
+    return None
+
+
+def auto_range(module: nn.Module, bins: int) -> tuple[float, float]:
+    """hist_range="auto" for one module: its output bounds where they split into as many fine bins as the
+    default ranges (so that one row batch still counts every layer), else [0, 10] or [-5, 5] (see above).
+    ReLU6's [0, 6] does not split so with 40 bins, and keeps [0, 10]."""
+    bounds = output_bounds(module)
+    fine = bin_layout(bins, *AFTER_ACTIVATION_RANGE).fine
+    if bounds is not None and fine and bin_layout(bins, *bounds, fine=fine).fine:
+        return bounds
+    return AFTER_ACTIVATION_RANGE if isinstance(module, NONNEGATIVE) else SIGNED_RANGE
+
+
+def closed_at(module: nn.Module, hi: float) -> bool:
+    """Whether `hi` is the most `module` can output (see compute.BinLayout.closed)."""
+    bounds = output_bounds(module)
+    return bounds is not None and bounds[1] == hi
+
+
 RANGE_NAMES = ("auto", "signed", "adaptive")
 
 
@@ -139,12 +173,25 @@ class StatsCollector:
         if hist_range == "adaptive":
             return None  # fixed from the first recorded batch
         if hist_range == "auto":
-            return [AFTER_ACTIVATION_RANGE if isinstance(m, NONNEGATIVE) else SIGNED_RANGE for _, m in self.named]
+            return [auto_range(m, self.bins) for _, m in self.named]
         lo, hi = (-10.0, 10.0) if hist_range == "signed" else (float(hist_range[0]), float(hist_range[1]))
         return [(lo, hi)] * len(self.layers)
 
     def _layouts(self) -> list[BinLayout]:
-        return [bin_layout(self.bins, lo, hi) for lo, hi in self.ranges] if self.ranges else []
+        if not self.ranges:
+            return []
+        # closed: a layer's overflow bin holds only values equal to hi, where hi is the most it can output
+        closed = [closed_at(m, hi) for (_, m), (_, hi) in zip(self.named, self.ranges)]
+        layouts = [bin_layout(self.bins, lo, hi, closed=c) for (lo, hi), c in zip(self.ranges, closed)]
+        fines = {layout.fine for layout in layouts}
+        if len(fines) > 1 and 0 not in fines:
+            # One fine count for all layers where each range allows it (the largest, e.g. 5 for [0, 10] and
+            # [0, 1] alike), so that one row batch counts them all (row_batch.py).
+            fine = max(fines)
+            same = [bin_layout(self.bins, lo, hi, fine, c) for (lo, hi), c in zip(self.ranges, closed)]
+            if all(layout.fine for layout in same):
+                return same
+        return layouts
 
     def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The layers' own parameters, flattened, and which layer each belongs to. Frozen ones too: a layer
@@ -466,9 +513,14 @@ class StatsCollector:
                             data.frozen[keep])
         if self.chooser is not None and data.interval:
             self.chooser.keep(data.interval)
-        if self.hist_range == "adaptive" and len(data.steps):
-            self.ranges = [tuple(r) for r in data.hist_range]
+        saved = [(float(lo), float(hi)) for lo, hi in data.hist_range]
+        if len(data.steps) and saved != self.ranges:
+            # Adaptive ranges, or a run saved by a version whose "auto" ranges differed (before bounded
+            # activations got their bounds): the resumed rows keep the saved ranges, one per layer for all rows.
+            self.ranges = saved
             self.layouts = self._layouts()
+            if self.hist_range != "adaptive":
+                self._batch = self._row_batch(self.buffer.values.device)
 
     def data(self) -> ActivationStatsData:
         self.flush()

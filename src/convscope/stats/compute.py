@@ -24,6 +24,10 @@ How it is made fast (the CPU is the hard case; the timings are in docs/measureme
   (fused multiply-add or not); every other value is counted as the definitions above count it. A
   range without those edges counts near_zero and negative with one pass each; abs_near_zero then needs
   the edge at -0.05, unless the layer has no negative value (see `finish`).
+- The counts' last position holds the values above hi and those equal to it, which histc counts in its last
+  bin. For a layer whose range ends at the most it can output (a sigmoid's [0, 1], where a saturated unit
+  gives exactly 1.0) all of them are equal to hi and go to the last bin (`BinLayout.closed`); elsewhere a
+  value exactly equal to hi goes uncounted with those above it.
 - Per-channel maxima (dead channels): torch's CPU max-reduction over many rows of a short inner dim
   (channels_last, 8 channels) is much slower than over a long one, so `channel_maxima` folds rows together
   first; see there.
@@ -49,12 +53,15 @@ N_VALUES = 6
 class BinLayout:
     """How one layer's values are binned: `fine` sub-bins per histogram bin (0: none, count by passes), and
     the fine-bin edges at NEAR_ZERO, 0 and -NEAR_ZERO as positions in the counts [below lo, fine bins...,
-    above hi], where the cumulative count up to position m is the number of values below that edge."""
+    above hi], where the cumulative count up to position m is the number of values below that edge.
+    `closed`: the layer's values never exceed hi (a sigmoid's 1.0), so the overflow count is the values
+    equal to hi, which belong in the last bin (torch.histc counts hi; the fine bins leave it out)."""
 
     fine: int
     near: int | None = None
     zero: int | None = None
     negative_near: int | None = None
+    closed: bool = False
 
     @property
     def edges(self) -> tuple[int, int, int]:
@@ -65,16 +72,20 @@ class BinLayout:
 MAX_FINE_BINS = 1024  # fine bins of a layer at most: more would make counting cost more than a pass saves
 
 
-def bin_layout(bins: int, lo: float, hi: float) -> BinLayout:
-    """The split of `bins` bins over [lo, hi] into 0.05-wide sub-bins with an edge at 0.05; fine 0 when
-    there is none (within MAX_FINE_BINS)."""
+def bin_layout(bins: int, lo: float, hi: float, fine: int | None = None, closed: bool = False) -> BinLayout:
+    """The split of `bins` bins over [lo, hi] into the fewest equal sub-bins (or exactly `fine`) that have
+    an edge at 0.05: sub-bins of 0.05 / j for a whole j (0.05 for [0, 10] and 40 bins, 0.025 for [0, 1]);
+    fine 0 when there is none (within MAX_FINE_BINS)."""
     width = (hi - lo) / bins
-    for k in range(1, MAX_FINE_BINS // bins + 1):
-        if abs(width / k - NEAR_ZERO) < 1e-9:
-            near = _edge(NEAR_ZERO, lo, hi, NEAR_ZERO)
+    for k in (range(1, MAX_FINE_BINS // bins + 1) if fine is None else [fine]):
+        fine_width = width / k
+        per_near = NEAR_ZERO / fine_width
+        if bins * k <= MAX_FINE_BINS and per_near >= 1 - 1e-9 and abs(per_near - round(per_near)) < 1e-6:
+            near = _edge(NEAR_ZERO, lo, hi, fine_width)
             if near is not None:
-                return BinLayout(k, near, _edge(0.0, lo, hi, NEAR_ZERO), _edge(-NEAR_ZERO, lo, hi, NEAR_ZERO))
-    return BinLayout(0)
+                return BinLayout(k, near, _edge(0.0, lo, hi, fine_width), _edge(-NEAR_ZERO, lo, hi, fine_width),
+                                 closed)
+    return BinLayout(0, closed=closed)
 
 
 def _edge(at: float, lo: float, hi: float, fine_width: float) -> int | None:
@@ -207,6 +218,8 @@ def layer_stats(x: torch.Tensor, values: tuple[torch.Tensor, ...], hist: torch.T
     if hist is not None:
         counts = histogram(flat, bins, lo, hi, max(layout.fine, 1))
         torch.sum(counts[1:-1].view(bins, -1), dim=1, out=hist)
+        if layout.closed:
+            hist[-1] += counts[-1]
     below = counts.cumsum(0) if counts is not None and layout.fine else None  # values below each fine edge
     if below is not None:
         values[NEAR_ZERO_COUNT].copy_(below[layout.near])

@@ -21,9 +21,9 @@ DeviceRowBatch (one process on a GPU): there the element work is nearly free and
     benchmarks/gpu_breakdown.py counted them: docs/measurements.md#stats-row-batch.
 
 Used for the common case only: one process, histograms on, fixed ranges whose fine bins are all as many
-and have edges at 0 and 0.05 (the default ranges, [0, 10] after a ReLU and [-5, 5] elsewhere, with 40
-bins: 200 fine bins of 0.05 each, so one scale for all layers and a shift per layer). Other settings keep
-the per-layer path.
+and have edges at 0 and 0.05 (the default ranges with 40 bins: 200 fine bins each, of 0.05 for [0, 10]
+after a ReLU and [-5, 5] elsewhere, of 0.005 for a sigmoid's [0, 1] and 0.01 for a tanh's [-1, 1]; a shift
+per layer, and a scale per layer where the ranges differ in width). Other settings keep the per-layer path.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class RowBatch:
         # and which layers have the edge at -0.05 (the others' abs_near_zero is settled on the host).
         self._edges_host = [layout.edges for layout in layouts]
         self._abs_known_host = [layout.negative_near is not None for layout in layouts]
+        self._closed_host = [layout.closed for layout in layouts]  # overflow = values at hi: the last bin's
         self._edges: dict[str, torch.Tensor] = {}
         self.index_dtype = torch.int16 if self.n_layers * self.width <= torch.iinfo(torch.int16).max else torch.int32
         self.parts: dict[int, torch.Tensor] = {}  # what each layer's hook left for the row's end
@@ -147,10 +148,12 @@ class RowBatch:
         layers = sorted(self.parts)
         counts, dead, sums = self._count(layers)
         coarse = counts[:, 1:-1].reshape(len(layers), self.bins, self.fine).sum(dim=2)
-        edges, abs_known = self._edge_index(counts.device)
+        edges, abs_known, closed = self._edge_index(counts.device)
         if len(layers) < self.n_layers:
             rows = self._row_index(layers, counts.device)
-            edges, abs_known = edges.index_select(0, rows), abs_known.index_select(0, rows)
+            edges, abs_known, closed = (t.index_select(0, rows) for t in (edges, abs_known, closed))
+        if any(self._closed_host):
+            coarse[:, -1] += counts[:, -1] * closed
         # Values below 0.05, below 0 and below -0.05, per layer: one cumulative sum, read at each layer's edges.
         below = counts.cumsum(dim=1).gather(1, edges).float()
         near, negative = below[:, 0], below[:, 1]
@@ -173,11 +176,12 @@ class RowBatch:
                 values[:, c].index_copy_(0, rows, column)
         self.parts, self.maxima = {}, {}
 
-    def _edge_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edge_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "edges" not in self._edges:  # made once: a host-to-device copy syncs on a GPU
             self._edges["edges"] = torch.tensor(self._edges_host, dtype=torch.long, device=device)
             self._edges["abs_known"] = torch.tensor(self._abs_known_host, device=device)
-        return self._edges["edges"], self._edges["abs_known"]
+            self._edges["closed"] = torch.tensor(self._closed_host, dtype=torch.long, device=device)
+        return self._edges["edges"], self._edges["abs_known"], self._edges["closed"]
 
     def _row_index(self, layers: list[int], device: torch.device) -> torch.Tensor:
         key = tuple(layers)
@@ -232,12 +236,17 @@ class DeviceRowBatch(RowBatch):
         c = plan.n_channels
         positive = torch.histc(torch.where(flat > 0, plan.channel_pos, -1.0), c, 0, c)
         dead = torch.segment_reduce(positive.eq(0).float(), "sum", offsets=plan.channel_offsets, unsafe=True)
-        # Value bins: compute.bin_positions' arithmetic (one scale for all layers, each layer's own shift), in
-        # place on the row's own copy, each layer's bins moved past the previous layer's; bin_start's +0.5
-        # puts every value in the middle of its unit-wide bin, so histc's rounding cannot move it.
+        # Value bins: compute.bin_positions' arithmetic (each layer's own shift, and one scale for all layers
+        # where their ranges are as wide), in place on the row's own copy, each layer's bins moved past the
+        # previous layer's; bin_start's +0.5 puts every value in the middle of its unit-wide bin, so histc's
+        # rounding cannot move it.
         n = self.width - 2
-        lo, hi = self.ranges[layers[0]]
-        idx = torch.add(plan.shift, flat, alpha=n / (hi - lo), out=flat).clamp_(0, n + 1)
+        if plan.scale is None:
+            lo, hi = self.ranges[layers[0]]
+            idx = torch.add(plan.shift, flat, alpha=n / (hi - lo), out=flat)
+        else:  # shift + x * scale without a fused multiply-add: a value within float32 rounding of a bin edge
+            idx = torch.addcmul(plan.shift, flat, plan.scale, out=flat)  # may land beside bin_positions' bin
+        idx.clamp_(0, n + 1)
         idx.floor_().add_(plan.bin_start)
         total = len(layers) * self.width
         counts = torch.histc(idx, total, 0, total).view(len(layers), self.width)
@@ -248,7 +257,7 @@ class DeviceRowBatch(RowBatch):
         shapes = tuple(self.shapes[i] for i in layers)
         key = (tuple(layers), shapes)
         if key not in self._plans:  # once per set of layer shapes: these host-to-device copies sync on a GPU
-            bin_start, channel_pos, shift, first = [], [], [], 0
+            bin_start, channel_pos, shift, scale, first = [], [], [], [], 0
             for j, (n, c, block) in zip(layers, shapes):
                 local = torch.arange(n, device=device).div(block, rounding_mode="floor").remainder(c)
                 channel_pos.append(local.float() + (first + 0.5))
@@ -256,10 +265,12 @@ class DeviceRowBatch(RowBatch):
                 lo, hi = self.ranges[j]
                 # the float32 shift compute.bin_positions uses for this layer's range
                 shift.append(torch.full((n,), 1.0 - lo * ((self.width - 2) / (hi - lo)), device=device))
+                scale.append(torch.full((n,), (self.width - 2) / (hi - lo), device=device))
                 first += c
             self._plans[key] = _RowPlan(
                 offsets=torch.tensor([0] + [n for n, _, _ in shapes], device=device).cumsum(0),
                 bin_start=torch.cat(bin_start), channel_pos=torch.cat(channel_pos), shift=torch.cat(shift),
+                scale=torch.cat(scale) if len({self.ranges[j][1] - self.ranges[j][0] for j in layers}) > 1 else None,
                 channel_offsets=torch.tensor([0] + [c for _, c, _ in shapes], device=device).cumsum(0),
                 n_channels=first)
         return self._plans[key]
@@ -269,12 +280,13 @@ class DeviceRowBatch(RowBatch):
 class _RowPlan:
     """Index tensors for one set of layer shapes (DeviceRowBatch): where each layer's values start in the
     concatenated row, each value's first bin (+0.5), each value's channel (+0.5, numbered across the
-    layers), each value's bin shift (its layer's range: compute.bin_positions), and where each layer's
-    channels start."""
+    layers), each value's bin shift and scale (its layer's range: compute.bin_positions), and where each
+    layer's channels start."""
 
     offsets: torch.Tensor
     bin_start: torch.Tensor
     channel_pos: torch.Tensor
     shift: torch.Tensor
+    scale: torch.Tensor | None  # each value's bin scale, where the layers' ranges differ in width
     channel_offsets: torch.Tensor
     n_channels: int
