@@ -19,12 +19,13 @@ collector is off during the turns and collects between rounds (untimed), as in t
 model_overhead.py: a full collection of the process's ~340k objects takes ~0.1 s (4 steps) and falls on
 whichever contender happens to trip it. Each repeat is a fresh process; the turn order rotates between
 repeats.
-Memory: each contender's epoch once more in a fresh process of its own, for its peak RSS.
+Memory: each contender's epoch once more in a fresh process of its own, for its peak RSS; the median of
+`--memory-repeats` such processes per contender.
 Last line: `stats_overhead exact=<ratio> default=<ratio> naive=<ratio> extra_mb=<MB>`; ratios are
 the medians over repeats of a contender's seconds over `none`'s seconds in the same repeat; extra_mb is the
 peak-RSS increase of `exact` over `none`.
 
-    python benchmarks/stats_overhead.py [--repeats 3] [--chunk 4]
+    python benchmarks/stats_overhead.py [--repeats 3] [--chunk 4] [--memory-repeats 3]
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=4, help="steps per turn")
+    ap.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per contender for peak RSS")
     ap.add_argument("--timing-worker", type=int, metavar="ROTATE")
     ap.add_argument("--memory-worker", choices=CONTENDERS)
     args = ap.parse_args()
@@ -183,8 +185,15 @@ def main() -> None:
             ratios[kind].append(res[kind] / res["none"])
         print(f"repeat {r + 1}: " + "  ".join(f"{k} {res[k]:.2f} s" for k in CONTENDERS)
               + "  ratios " + " ".join(f"{k} {ratios[k][-1]:.3f}" for k in CONTENDERS[1:]), flush=True)
-    peak = {k: run_worker(__file__, ["--memory-worker", k])["peak_mb"] for k in CONTENDERS}
-    print("peak RSS MB: " + ", ".join(f"{k} {peak[k]:.1f}" for k in CONTENDERS))
+    # Peak RSS of one fresh process moves by ~10 MB from one start to the next (exact - none gave 8.4 and
+    # 20.8 MB in two runs here): the median of --memory-repeats processes per contender, taken in turns.
+    peaks: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    for _ in range(args.memory_repeats):
+        for k in CONTENDERS:
+            peaks[k].append(run_worker(__file__, ["--memory-worker", k])["peak_mb"])
+    peak = {k: statistics.median(v) for k, v in peaks.items()}
+    print("peak RSS MB (median; all): " + ", ".join(
+        f"{k} {peak[k]:.1f} ({' '.join(f'{v:.1f}' for v in peaks[k])})" for k in CONTENDERS))
     med = {k: statistics.median(v) for k, v in ratios.items()}
     for kind in CONTENDERS[1:]:
         print(f"{kind:8s} ratio: min {min(ratios[kind]):.3f}  max {max(ratios[kind]):.3f}")
