@@ -201,7 +201,8 @@ def color_dim(stats: ActivationStatsData, layer: str | int, ax: Axes | None = No
               cmap: str = "viridis") -> Figure:
     """The "colorful dimension": one column per recorded step, the layer's activation histogram from
     bottom (low values) to top, coloured by log(1 + count). The title states the histogram's range (values
-    outside it are not counted): [0, 10] after a ReLU, a signed range before an activation.
+    outside it are not counted): [0, 10] after a ReLU, an activation's bounds after a sigmoid, tanh or softmax,
+    a signed range before an activation.
 
     The log keeps the bins that hold a few activations visible next to the huge near-zero bin. A
     healthy layer shows a smooth, wide band; a collapsing one turns dark everywhere but the bottom row.
