@@ -1,6 +1,6 @@
 """What the default statistics cost on a user's model, eager and compiled, in the Learner and in watch().
 
-    python benchmarks/model_overhead.py [--repeats 5] [--turns 4] [--chunk 16] [--bs 128] [--models ...]
+    python benchmarks/model_overhead.py [--repeats 5] [--seconds 3] [--chunk 16] [--bs 128] [--models ...]
                                         [--compiled 0 1] [--quick]
 
 Cells: two models x eager/compiled x two drivers, each the default statistics (rows from the first 64 items
@@ -15,9 +15,15 @@ training without them:
 Method: the two contenders of a cell live in one process (separate processes differ in speed by up to
 ~10% from one start to the next, measured here, which no interleaving removes), start from the same weights
 and take the same batches. They take turns of `chunk` steps, so both see the same machine state; each repeat
-alternates which goes first. Two compiled models of one class share dynamo's compiled code, whose guards by
-default do not look at hooks (so the model without statistics could run the code traced with them); the
-script makes dynamo guard on hooks, for both contenders alike. Untimed first: the warm-up (compilation, both
+alternates which goes first. Compiled, each contender is its model inside a wrapper class of its own
+(`WithStats`, `WithoutStats`), so that each has a forward code object, and so a dynamo cache, of its own, under
+dynamo's default guards (what a user's run gets). Two compiled models of one class would share one cache, and
+since the default guards do not look at hooks, the model without statistics could run the code traced with
+them. Guarding on hooks instead (`skip_nnmodule_hook_guards = False`, this script's method before) puts both
+contenders' graphs in one cache, so each lookup may test the other contender's guards first, a cost no user's
+run has. The wrappers are for that correctness; they did not move the figures beyond the noise (the compiled
+cells moved by 3-5% from one run to the next with either method, measured on a 2-core Zen 4).
+Untimed first: the warm-up (compilation, both
 graph variants) and the interval's calibration window (its first DECIDE_AT = 24 steps at every 4th step, a
 one-off cost: ~0.3% of a 938-step epoch at the simple model's measured row cost). A repeat holds
 `turns * chunk` steps, a multiple of the widest interval (64), so each contender's timed steps hold the same
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import math
 import os
 import statistics
 import sys
@@ -89,6 +96,32 @@ class Chunks:
             yield self.x[idx], self.y[idx]
 
 
+class WithStats(torch.nn.Module):
+    """The model of the contender with statistics, for torch.compile: a forward code object of its own."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class WithoutStats(torch.nn.Module):
+    """The same for the contender without statistics (a second class: a second code object, a second cache)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def compiled_forward(model: torch.nn.Module, stats: bool) -> torch.nn.Module:
+    return torch.compile((WithStats if stats else WithoutStats)(model))
+
+
 class LearnerContender:
     def __init__(self, model: torch.nn.Module, data: Chunks, stats: bool, compiled: bool) -> None:
         from convscope.stats.activations import ActivationStats
@@ -97,7 +130,7 @@ class LearnerContender:
         self.stats = ActivationStats() if stats else None
         self.learn = Learner(model, data, cbs=[self.stats] if stats else [], opt_func="sgd", lr=0.01)
         if compiled:
-            self.learn.train_model = torch.compile(model)
+            self.learn.train_model = compiled_forward(model, stats)
 
     def turn(self) -> None:
         self.learn.fit(1)
@@ -114,7 +147,7 @@ class WatchContender:
         import convscope
 
         self.model, self.data = model, data
-        self.forward = torch.compile(model) if compiled else model
+        self.forward = compiled_forward(model, stats) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01)
         self.w = convscope.watch(model).__enter__() if stats else None
 
@@ -146,6 +179,9 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
     for _ in range(args.warmup):
         with_stats.turn()
         without.turn()
+    start = time.perf_counter()
+    without.turn()  # untimed too: how long a turn takes, for the number of turns in `seconds`
+    turns = args.turns or turns_for(args.seconds, time.perf_counter() - start, args.chunk)
     ratios = []
     for repeat in range(args.repeats):
         pair = (with_stats, without) if repeat % 2 == 0 else (without, with_stats)
@@ -156,7 +192,7 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
         gc.collect()
         gc.disable()
         try:
-            for _ in range(args.turns):
+            for _ in range(turns):
                 for contender in pair:
                     start = time.perf_counter()
                     contender.turn()
@@ -166,13 +202,22 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
         ratios.append(seconds[id(with_stats)] / seconds[id(without)])
     if not with_stats.rows():
         sys.exit(f"{model} {driver}: the statistics recorded no row; the measurement is void")
-    return statistics.median(ratios), with_stats.every()
+    return statistics.median(ratios), min(ratios), max(ratios), turns * args.chunk, with_stats.every()
+
+
+def turns_for(seconds: float, turn_s: float, chunk: int) -> int:
+    """Turns of `chunk` steps that take about `seconds`, rounded up so that a repeat holds a multiple of
+    WIDEST steps (the same rows for both contenders whatever interval `auto` chose)."""
+    step = WIDEST // math.gcd(chunk, WIDEST)
+    return max(step, step * math.ceil(seconds / turn_s / step))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--turns", type=int, default=4, help="timed turns per contender and repeat")
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="timed seconds per contender and repeat (the number of turns is chosen from it)")
+    parser.add_argument("--turns", type=int, default=0, help="timed turns per contender and repeat (0: from --seconds)")
     parser.add_argument("--chunk", type=int, default=16, help="steps per turn")
     parser.add_argument("--bs", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -182,24 +227,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.turns, args.chunk = 1, 2, 4
-    elif (args.turns * args.chunk) % WIDEST:
+    elif args.turns and (args.turns * args.chunk) % WIDEST:
         parser.error(f"--turns x --chunk must be a multiple of {WIDEST}, so every repeat holds the same rows")
     # untimed: two turns at least (compiled models compile both graph variants) and the calibration window
     args.warmup = max(2, -(-(CALIBRATION + 1) // args.chunk))
     os.environ.setdefault("CONVSCOPE_DATA", str(DEFAULT_DATA))
-    # Guard compiled code on the modules' hooks too: see the docstring.
-    torch._dynamo.config.skip_nnmodule_hook_guards = False
     results: dict[str, float] = {}
-    print(f"{'cell':<18} {'learner':>8} {'watch':>8}   (seconds with statistics / without; every chosen)")
+    print(f"{'cell':<18} {'learner':>20} {'watch':>20}   (seconds with statistics / without: median (min-max) "
+          "over repeats; timed steps per contender and repeat; every chosen)")
     for model in args.models:
         data = load(model)
         for compiled in args.compiled:
             compiled = bool(compiled)
             name = model + ("_compiled" if compiled else "")
             ratios = {driver: cell(model, compiled, driver, data, args) for driver in ("learner", "watch")}
-            results[name] = max(r for r, _ in ratios.values())
-            print(f"{name:<18} {ratios['learner'][0]:>8.3f} {ratios['watch'][0]:>8.3f}   "
-                  f"every: learner {ratios['learner'][1]}, watch {ratios['watch'][1]}", flush=True)
+            results[name] = max(r[0] for r in ratios.values())
+            shown = {d: f"{r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f})" for d, r in ratios.items()}
+            print(f"{name:<18} {shown['learner']:>20} {shown['watch']:>20}   steps {ratios['learner'][3]} / "
+                  f"{ratios['watch'][3]}; every: learner {ratios['learner'][4]}, watch {ratios['watch'][4]}",
+                  flush=True)
     print("model_overhead " + " ".join(f"{k}={v:.3f}" for k, v in results.items()))
 
 
