@@ -1,6 +1,6 @@
 """The book recipe through `convscope train`'s path against a bare PyTorch loop, interleaved step by step.
 
-    python benchmarks/paired_speed.py [--repeats 3] [--chunk 4] [--epochs 1] [--no-stats]
+    python benchmarks/paired_speed.py [--repeats 3] [--chunk 4] [--epochs 1] [--no-stats | --stats-every N]
 
 Why another speed benchmark: on a shared machine the throughput drifts by +-20% within minutes, so two
 runs made one after the other (time_to_accuracy.py, train_speed.py) compare different machine states
@@ -11,7 +11,9 @@ Contenders, both the book recipe (simple_cnn + BN, bs 512, AdamW, one-cycle lr 0
     convscope  `convscope.experiments.run_training`, as `convscope train` runs it: ActivationStats at its defaults,
                the NaN guard, the recorder, the run folder with its epoch-end checkpoints; validation on
                the 10k test set at every epoch end (the report written after training is left out).
-               `--no-stats` leaves ActivationStats out, to see what the statistics cost on their own.
+               `--no-stats` leaves ActivationStats out, to see what the statistics cost on their own;
+               `--stats-every N` records every N-th step instead of `every="auto"` (N larger than the run:
+               one row, at step 0, so what the callback costs apart from its rows).
     bare       torch's AdamW + OneCycleLR in a plain loop, validating at the same epoch ends.
 A callback runs the bare loop's next `chunk` steps after every `chunk` convscope steps (and its
 validation after convscope's); the bare loop's seconds are timed on their own and taken out of the
@@ -33,7 +35,7 @@ from _common import bare_accuracy, bare_optimizer, run_worker
 BOOK = {"lr": 0.1, "bs": 512}
 
 
-def worker(seed: int, chunk: int, epochs: int, stats: bool = True) -> dict:
+def worker(seed: int, chunk: int, epochs: int, stats: bool = True, every: int | None = None) -> dict:
     import torch.nn.functional as F
 
     from convscope.config import TrainConfig
@@ -98,7 +100,7 @@ def worker(seed: int, chunk: int, epochs: int, stats: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(**BOOK, epochs=epochs, seed=seed, device="cpu", out=out, name="run")
         # stats=False + ActivationStats(): the statistics of `convscope train`, without the report after fit.
-        collect = ActivationStats()
+        collect = ActivationStats() if every is None else ActivationStats(every=every)
         result = run_training(cfg, cbs=[turns, collect] if stats else [turns], stats=False)
     steps = result.learn.train_iter
     # the interval every="auto" chose from its calibration window (the rows' share of the cost depends on it)
@@ -116,16 +118,19 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=4, help="steps per turn")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--no-stats", action="store_true", help="convscope without ActivationStats")
+    ap.add_argument("--stats-every", type=int, default=None,
+                    help="ActivationStats(every=N) instead of the default; a huge N: the callback without rows")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.seed, args.chunk, args.epochs, not args.no_stats)))
+        print(json.dumps(worker(args.seed, args.chunk, args.epochs, not args.no_stats, args.stats_every)))
         return
     ratios = []
     for r in range(args.repeats):
         res = run_worker(__file__, ["--worker", "--seed", str(r), "--chunk", str(args.chunk),
-                                    "--epochs", str(args.epochs), *(["--no-stats"] if args.no_stats else [])])
+                                    "--epochs", str(args.epochs), *(["--no-stats"] if args.no_stats else []),
+                                    *(["--stats-every", str(args.stats_every)] if args.stats_every else [])])
         ratios.append(res["convscope_sps"] / res["bare_sps"])
         print(f"repeat {r + 1} seed {r}: convscope {res['convscope_sps']:,.0f} samples/s ({res['steps']} steps), "
               f"bare {res['bare_sps']:,.0f} samples/s ({res['bare_steps']} steps), ratio {ratios[-1]:.3f}; "

@@ -169,6 +169,8 @@ CANDIDATES: dict[str, dict] = {
     "cost_crop20": _c(**CROP20),
     "cost_crop20_frozen1": _c(**CROP20, freeze_at=(0.0,)),
     "cost_bf16": _c(bf16=True),
+    "cost_crop20_bf16": _c(**CROP20, bf16=True),
+    "cost_crop20_frozen1_bf16": _c(**CROP20, freeze_at=(0.0,), bf16=True),
     "cost_compile": _c(compile=True),
     "cost_channels_last": _c(channels_last=True),
     "cost_nostats": _c(stats=False),
