@@ -23,12 +23,14 @@ them. Guarding on hooks instead (`skip_nnmodule_hook_guards = False`, this scrip
 contenders' graphs in one cache, so each lookup may test the other contender's guards first, a cost no user's
 run has. The wrappers are for that correctness; they did not move the figures beyond the noise (the compiled
 cells moved by 3-5% from one run to the next with either method, measured on a 2-core Zen 4).
-Untimed first: the warm-up (compilation, both
-graph variants) and the interval's calibration window (its first DECIDE_AT = 24 steps at every 4th step, a
-one-off cost: ~0.3% of a 938-step epoch at the simple model's measured row cost). A repeat holds
-`turns * chunk` steps, a multiple of the widest interval (64), so each contender's timed steps hold the same
-rows. A cell's ratio is the median over repeats of its summed seconds with statistics over its summed seconds
-without.
+Untimed first: the warm-up (compilation, both graph variants), the interval's calibration window (its first
+DECIDE_AT = 24 steps at every 4th step, a one-off cost: ~0.3% of a 938-step epoch at the simple model's
+measured row cost) and one more turn of each, the one without statistics timed to set the number of
+turns: a repeat lasts about `--seconds` per contender (shorter repeats could not resolve 2%: with 4 turns of
+16 steps, ~0.3 s, single repeats spread over 0.89-1.13; docs/measurements.md#model-overhead), rounded up to
+a multiple of the widest interval (64) in steps, so each contender's timed steps hold the same rows. A cell's
+ratio is the median over repeats of its summed seconds with statistics over its summed seconds without;
+the table shows the min-max over repeats beside it.
 The Learner's turns are fits of `chunk` steps each, so both contenders pay a fit's start and end once per
 turn (and the statistics their attach and flush there, which a real run pays once per epoch).
 Last line: `model_overhead simple=<r> resnet=<r> simple_compiled=<r> resnet_compiled=<r>`, each the worse of
@@ -182,6 +184,7 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
     start = time.perf_counter()
     without.turn()  # untimed too: how long a turn takes, for the number of turns in `seconds`
     turns = args.turns or turns_for(args.seconds, time.perf_counter() - start, args.chunk)
+    with_stats.turn()  # so that both take the same batches again
     ratios = []
     for repeat in range(args.repeats):
         pair = (with_stats, without) if repeat % 2 == 0 else (without, with_stats)
