@@ -1,6 +1,6 @@
 """What the default statistics cost on a user's model, eager and compiled, in the Learner and in watch().
 
-    python benchmarks/model_overhead.py [--repeats 5] [--seconds 3] [--chunk 16] [--bs 128] [--models ...]
+    python benchmarks/model_overhead.py [--repeats 5] [--seconds 3] [--chunk 0] [--bs 128] [--models ...]
                                         [--compiled 0 1] [--quick]
 
 Cells: two models x eager/compiled x two drivers, each the default statistics (rows from the first 64 items
@@ -14,7 +14,8 @@ training without them:
     watch       a hand-written loop inside convscope.watch(model) against the same loop without it
 Method: the two contenders of a cell live in one process (separate processes differ in speed by up to
 ~10% from one start to the next, measured here, which no interleaving removes), start from the same weights
-and take the same batches. They take turns of `chunk` steps, so both see the same machine state; each repeat
+and take the same batches. They take turns of `chunk` steps (by default the most, up to 16, that take at
+most 0.1 s: 16 for simple_cnn, 1 for the ResNet), so both see the same machine state; each repeat
 alternates which goes first. Compiled, each contender is its model inside a wrapper class of its own
 (`WithStats`, `WithoutStats`), so that each has a forward code object, and so a dynamo cache, of its own, under
 dynamo's default guards (what a user's run gets). Two compiled models of one class would share one cache, and
@@ -25,8 +26,8 @@ run has. The wrappers are for that correctness; they did not move the figures be
 cells moved by 3-5% from one run to the next with either method, measured on a 2-core Zen 4).
 Untimed first: the warm-up (compilation, both graph variants), the interval's calibration window (its first
 DECIDE_AT = 24 steps at every 4th step, a one-off cost: ~0.3% of a 938-step epoch at the simple model's
-measured row cost) and one more turn of each, the one without statistics timed to set the number of
-turns: a repeat lasts about `--seconds` per contender (shorter repeats could not resolve 2%: with 4 turns of
+measured row cost) and one more turn of each, the one without statistics timed to set the turns' length
+and number: a repeat lasts about `--seconds` per contender (shorter repeats could not resolve 2%: with 4 turns of
 16 steps, ~0.3 s, single repeats spread over 0.89-1.13; docs/measurements.md#model-overhead), rounded up to
 a multiple of the widest interval (64) in steps, so each contender's timed steps hold the same rows. A cell's
 ratio is the median over repeats of its summed seconds with statistics over its summed seconds without;
@@ -61,6 +62,8 @@ from _user_models import TorchvisionResNet, fashion_rgb32  # noqa: E402
 MODELS = ("simple", "resnet")
 WIDEST = AUTO_MAX  # a repeat's steps are a multiple of it
 CALIBRATION = DECIDE_AT  # steps before the interval is chosen
+WARM_CHUNK = 16  # steps per turn in the warm-up, and the most in a timed turn
+TURN_S = 0.1  # a timed turn's longest: slower steps get fewer of them a turn (a ResNet step takes ~0.1 s)
 
 
 def load(model: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +132,7 @@ class LearnerContender:
         from convscope.stats.activations import ActivationStats
         from convscope.train import Learner
 
+        self.data = data
         self.stats = ActivationStats() if stats else None
         self.learn = Learner(model, data, cbs=[self.stats] if stats else [], opt_func="sgd", lr=0.01)
         if compiled:
@@ -176,15 +180,18 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
     torch._dynamo.reset()  # each cell's models compile afresh (and within dynamo's per-code cache limit)
     make = LearnerContender if driver == "learner" else WatchContender
     base = build(model)
-    with_stats = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), True, compiled)
-    without = make(copy.deepcopy(base), Chunks(*data, args.bs, args.chunk), False, compiled)
+    with_stats = make(copy.deepcopy(base), Chunks(*data, args.bs, WARM_CHUNK), True, compiled)
+    without = make(copy.deepcopy(base), Chunks(*data, args.bs, WARM_CHUNK), False, compiled)
     for _ in range(args.warmup):
         with_stats.turn()
         without.turn()
     start = time.perf_counter()
-    without.turn()  # untimed too: how long a turn takes, for the number of turns in `seconds`
-    turns = args.turns or turns_for(args.seconds, time.perf_counter() - start, args.chunk)
+    without.turn()  # untimed too: how long a step takes, for the turns' length and number
+    step_s = (time.perf_counter() - start) / WARM_CHUNK
     with_stats.turn()  # so that both take the same batches again
+    chunk = args.chunk or chunk_for(step_s)
+    with_stats.data.chunk = without.data.chunk = chunk
+    turns = args.turns or turns_for(args.seconds, step_s * chunk, chunk)
     ratios = []
     for repeat in range(args.repeats):
         pair = (with_stats, without) if repeat % 2 == 0 else (without, with_stats)
@@ -205,7 +212,16 @@ def cell(model: str, compiled: bool, driver: str, data, args) -> tuple[float, di
         ratios.append(seconds[id(with_stats)] / seconds[id(without)])
     if not with_stats.rows():
         sys.exit(f"{model} {driver}: the statistics recorded no row; the measurement is void")
-    return statistics.median(ratios), min(ratios), max(ratios), turns * args.chunk, with_stats.every()
+    return statistics.median(ratios), min(ratios), max(ratios), turns * chunk, with_stats.every()
+
+
+def chunk_for(step_s: float) -> int:
+    """Steps per turn: the most (at most WARM_CHUNK, a power of two, so a divisor of WIDEST) whose turn takes
+    at most TURN_S, so that a slow model's turns stay short enough to see the same machine state."""
+    chunk = WARM_CHUNK
+    while chunk > 1 and chunk * step_s > TURN_S:
+        chunk //= 2
+    return chunk
 
 
 def turns_for(seconds: float, turn_s: float, chunk: int) -> int:
@@ -221,7 +237,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="timed seconds per contender and repeat (the number of turns is chosen from it)")
     parser.add_argument("--turns", type=int, default=0, help="timed turns per contender and repeat (0: from --seconds)")
-    parser.add_argument("--chunk", type=int, default=16, help="steps per turn")
+    parser.add_argument("--chunk", type=int, default=0,
+                        help=f"steps per turn (0: the most, up to {WARM_CHUNK}, whose turn takes <= {TURN_S} s)")
     parser.add_argument("--bs", type=int, default=128)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--compiled", nargs="+", type=int, default=[0, 1], choices=(0, 1),
@@ -230,10 +247,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.turns, args.chunk = 1, 2, 4
+    elif args.turns and not args.chunk:
+        parser.error("--turns needs --chunk (the steps per turn are otherwise chosen from the measured step)")
     elif args.turns and (args.turns * args.chunk) % WIDEST:
         parser.error(f"--turns x --chunk must be a multiple of {WIDEST}, so every repeat holds the same rows")
     # untimed: two turns at least (compiled models compile both graph variants) and the calibration window
-    args.warmup = max(2, -(-(CALIBRATION + 1) // args.chunk))
+    args.warmup = max(2, -(-(CALIBRATION + 1) // WARM_CHUNK))
     os.environ.setdefault("CONVSCOPE_DATA", str(DEFAULT_DATA))
     results: dict[str, float] = {}
     print(f"{'cell':<18} {'learner':>20} {'watch':>20}   (seconds with statistics / without: median (min-max) "
