@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +75,16 @@ def bare_accuracy(model, x, y, bs: int = 2000) -> float:
     with torch.inference_mode():
         correct = sum(int((model(x[i : i + bs]).argmax(1) == y[i : i + bs]).sum()) for i in range(0, len(x), bs))
     return correct / len(x)
+
+
+def per_call_us(fn, calls: int = 200, rounds: int = 1) -> float:
+    """Microseconds per call of fn(), after 5 untimed calls: the best of `rounds` timings of `calls` calls."""
+    for _ in range(5):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+    return best

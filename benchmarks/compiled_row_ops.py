@@ -16,6 +16,7 @@ import argparse
 import time
 
 import torch
+from _common import per_call_us
 
 from convscope.stats.compute import _bin_indices
 
@@ -29,15 +30,6 @@ def eager(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def fused(flat: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, ...]:
     positions = (flat * scale + shift).clamp(0, BINS + 1)
     return flat.sum(), (flat * flat).sum(), positions.to(torch.int16).to(torch.uint8)
-
-
-def per_call_us(fn, calls: int = 200) -> float:
-    for _ in range(5):
-        fn()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e6
 
 
 def main() -> None:

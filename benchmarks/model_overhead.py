@@ -101,23 +101,21 @@ class Chunks:
             yield self.x[idx], self.y[idx]
 
 
-class WithStats(torch.nn.Module):
-    """The model of the contender with statistics, for torch.compile: a forward code object of its own."""
-
+class _Wrapper(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+
+
+class WithStats(_Wrapper):
+    """The model of the contender with statistics, for torch.compile: a forward code object of its own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
 
-class WithoutStats(torch.nn.Module):
-    """The same for the contender without statistics (a second class: a second code object, a second cache)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+class WithoutStats(_Wrapper):
+    """The same for the contender without statistics (its own forward: a second code object, a second cache)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

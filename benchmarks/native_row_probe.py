@@ -22,10 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _common import per_call_us
 
 from convscope.stats.compute import bin_positions
 
@@ -76,18 +76,6 @@ def build(folder: Path, flags: list[str]) -> ctypes.CDLL:
     return dll
 
 
-def per_call_us(fn, calls: int = 300) -> float:
-    for _ in range(10):
-        fn()
-    best = float("inf")
-    for _ in range(3):  # the best of three rounds: the machine is shared
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls * 1e6)
-    return best
-
-
 def measure(n: int, libs: dict[str, ctypes.CDLL], gen: torch.Generator) -> dict[str, float]:
     """Eager seconds over each build's seconds for one output of n values; prints the line for it."""
     scale = BINS / (HI - LO)
@@ -101,7 +89,7 @@ def measure(n: int, libs: dict[str, ctypes.CDLL], gen: torch.Generator) -> dict[
 
     eager()
     want = out.clone()
-    eager_us = per_call_us(eager)
+    eager_us = per_call_us(eager, 300, rounds=3)  # the best of three rounds: the machine is shared
     line, speedup = f"{n:>8} values: eager {eager_us:7.1f} us", {}
     for name, lib in libs.items():
         def native(lib: ctypes.CDLL = lib) -> None:
@@ -111,7 +99,7 @@ def measure(n: int, libs: dict[str, ctypes.CDLL], gen: torch.Generator) -> dict[
         native()
         if not torch.equal(out, want):
             sys.exit(f"{name}: bin indices differ from the eager ones at {n} values")
-        us = per_call_us(native)
+        us = per_call_us(native, 300, rounds=3)
         speedup[name] = eager_us / us
         line += f"   {name} {us:7.1f} us ({speedup[name]:.1f}x)"
     exact = x.double()

@@ -127,10 +127,12 @@ def main() -> None:
         print(json.dumps(worker(args.seed, args.chunk, args.epochs, not args.no_stats, args.stats_every)))
         return
     ratios = []
+    stats_args = ["--no-stats"] if args.no_stats else []
+    if args.stats_every is not None:
+        stats_args += ["--stats-every", str(args.stats_every)]
     for r in range(args.repeats):
         res = run_worker(__file__, ["--worker", "--seed", str(r), "--chunk", str(args.chunk),
-                                    "--epochs", str(args.epochs), *(["--no-stats"] if args.no_stats else []),
-                                    *(["--stats-every", str(args.stats_every)] if args.stats_every else [])])
+                                    "--epochs", str(args.epochs), *stats_args])
         ratios.append(res["convscope_sps"] / res["bare_sps"])
         print(f"repeat {r + 1} seed {r}: convscope {res['convscope_sps']:,.0f} samples/s ({res['steps']} steps), "
               f"bare {res['bare_sps']:,.0f} samples/s ({res['bare_steps']} steps), ratio {ratios[-1]:.3f}; "
